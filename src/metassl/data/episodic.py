@@ -1,0 +1,247 @@
+"""Class-indexed image splits that live on the device, and episodic task sampling.
+
+A `ClassSplit` stores every image of a split as one uint8 tensor ordered by class, with per-class offsets and
+counts (class sizes may differ). `sample_tasks` draws T N-way K-shot Q-query tasks in one vectorized call:
+random keys are drawn for every (task, class) and (task, class, image) and sorted, so there is no per-image Python
+and no DataLoader. Evaluation episodes are drawn on the CPU from a generator seeded by the episode's identity, so
+episode i is the same on every machine, for every method and whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+__all__ = ["ClassSplit", "TaskBatch", "Preprocess", "sample_tasks", "eval_episodes", "episode_seed", "check_task_shape"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How uint8 images become network inputs; stored in checkpoints so prediction repeats it exactly."""
+
+    invert: bool = False  # Omniglot-like data: dark ink on white becomes ink = 1 on 0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if self.invert:
+            x = 1.0 - x
+        if self.mean:
+            shape = (1,) * (x.dim() - 3) + (-1, 1, 1)
+            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(shape)
+            std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(shape)
+            x = (x - mean) / std
+        return x
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"invert": self.invert, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        return cls(invert=bool(d.get("invert", False)), mean=tuple(d.get("mean", ())), std=tuple(d.get("std", ())))
+
+
+@dataclass
+class ClassSplit:
+    """All images of one split, grouped by class: `images[offsets[c] : offsets[c] + counts[c]]` is class c."""
+
+    images: torch.Tensor  # [M, C, H, W] uint8, sorted by class
+    counts: torch.Tensor  # [num_classes] int64
+    class_names: list[str]
+    name: str = ""  # e.g. "omniglot/test"
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    offsets: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"{self.name}: images must be a uint8 tensor [M, C, H, W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        self.counts = torch.as_tensor(self.counts, dtype=torch.int64, device=self.images.device)
+        if self.counts.dim() != 1 or len(self.class_names) != self.counts.numel():
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.counts.numel()} counts")
+        if int(self.counts.sum()) != self.images.shape[0]:
+            raise ValueError(f"{self.name}: class counts sum to {int(self.counts.sum())}, "
+                             f"but there are {self.images.shape[0]} images")
+        if self.counts.numel() and int(self.counts.min()) < 1:
+            empty = self.class_names[int(self.counts.argmin())]
+            raise ValueError(f"{self.name}: class {empty!r} has no images")
+        self.offsets = torch.cumsum(self.counts, 0) - self.counts
+
+    @classmethod
+    def from_labels(cls, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], **kw) -> "ClassSplit":
+        """Build a split from images in any order and integer labels indexing `class_names`."""
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=len(class_names))
+        keep = counts > 0
+        if not bool(keep.all()):
+            class_names = [n for n, k in zip(class_names, keep.tolist()) if k]
+            counts = counts[keep]
+        return cls(images[order], counts, class_names, **kw)
+
+    @property
+    def num_classes(self) -> int:
+        return self.counts.numel()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def labels(self) -> torch.Tensor:
+        """The class index of every image, [M]."""
+        return torch.repeat_interleave(torch.arange(self.num_classes, device=self.device), self.counts)
+
+    def to(self, device: torch.device | str) -> "ClassSplit":
+        return replace(self, images=self.images.to(device), counts=self.counts.to(device))
+
+    def subset(self, classes: list[int] | torch.Tensor, name: str | None = None) -> "ClassSplit":
+        """A new split made of the given classes (in that order)."""
+        classes = torch.as_tensor(classes, dtype=torch.int64, device=self.device)
+        counts = self.counts[classes]
+        idx = torch.cat([torch.arange(int(o), int(o) + int(c), device=self.device)
+                         for o, c in zip(self.offsets[classes].tolist(), counts.tolist())]) if classes.numel() else \
+            torch.zeros(0, dtype=torch.int64, device=self.device)
+        return ClassSplit(self.images[idx], counts, [self.class_names[i] for i in classes.tolist()],
+                          name=name or self.name, preprocess=self.preprocess)
+
+    def __repr__(self) -> str:
+        c = self.counts
+        sizes = f"{int(c.min())}..{int(c.max())}" if c.numel() else "-"
+        return (f"ClassSplit({self.name!r}, classes={self.num_classes}, images={self.images.shape[0]}, "
+                f"shape={self.image_shape}, per-class={sizes}, device={self.device})")
+
+
+@dataclass
+class TaskBatch:
+    """T few-shot tasks. Labels are 0..N-1 within each task; support and query images are disjoint."""
+
+    support_x: torch.Tensor  # [T, N*K, C, H, W]
+    support_y: torch.Tensor  # [T, N*K] int64
+    query_x: torch.Tensor  # [T, N*Q, C, H, W]
+    query_y: torch.Tensor  # [T, N*Q] int64
+    ways: int
+    classes: torch.Tensor | None = None  # [T, N] split-level class index of each task label (None if unknown)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    @property
+    def shots(self) -> int:
+        return self.support_x.shape[1] // self.ways
+
+    @property
+    def queries(self) -> int:
+        return self.query_x.shape[1] // self.ways
+
+    def map_images(self, fn) -> "TaskBatch":
+        """Apply `fn` to support and query images (e.g. uint8 -> normalized float)."""
+        return replace(self, support_x=fn(self.support_x), query_x=fn(self.query_x))
+
+    def to(self, device) -> "TaskBatch":
+        return TaskBatch(self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
+                         self.query_y.to(device), self.ways,
+                         None if self.classes is None else self.classes.to(device))
+
+    def chunks(self, size: int) -> list["TaskBatch"]:
+        """Split along the task dimension into batches of at most `size` tasks."""
+        out = []
+        for s in range(0, self.num_tasks, size):
+            sl = slice(s, s + size)
+            out.append(TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl],
+                                 self.ways, None if self.classes is None else self.classes[sl]))
+        return out
+
+
+def check_task_shape(split: ClassSplit, ways: int, shots: int, queries: int) -> None:
+    """Raise a ValueError naming the problem if N-way K-shot Q-query tasks cannot be drawn from `split`."""
+    for name, v, lo in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0)):
+        if not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if ways > split.num_classes:
+        raise ValueError(f"{split.name}: cannot draw {ways}-way tasks, the split has only {split.num_classes} "
+                         f"classes; lower ways to at most {split.num_classes}")
+    need = shots + queries
+    small = (split.counts < need).nonzero().flatten()
+    eligible = split.num_classes - small.numel()
+    if small.numel() and eligible < ways:
+        c = int(small[0])
+        raise ValueError(
+            f"{split.name}: {shots} shots + {queries} queries = {need} images per class are needed, but class "
+            f"{split.class_names[c]!r} has {int(split.counts[c])} ({small.numel()} of {split.num_classes} classes "
+            f"have fewer than {need}; {eligible} have enough for {ways}-way tasks); lower shots or queries")
+
+
+def _draw(counts: torch.Tensor, ways: int, per_class: int, num_tasks: int,
+          generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw class indices [T, N] and within-class positions [T, N, per_class] with vectorized random keys.
+
+    Classes with fewer than `per_class` images are never chosen (keys +inf). Within a class, images beyond its count
+    get key 2 > any uniform key, so sorting keys picks a uniformly random subset of the valid positions.
+    """
+    max_count = int(counts.max())
+    class_keys = torch.rand(num_tasks, counts.numel(), generator=generator, device=device)
+    class_keys = class_keys.masked_fill((counts < per_class).to(device), float("inf"))
+    classes = torch.topk(class_keys, ways, dim=1, largest=False, sorted=False).indices  # [T, N], distinct per task
+    # random order of the N classes so that label n is not biased towards low class keys
+    perm = torch.argsort(torch.rand(num_tasks, ways, generator=generator, device=device), dim=1)
+    classes = torch.gather(classes, 1, perm)
+    img_keys = torch.rand(num_tasks, ways, max_count, generator=generator, device=device)
+    valid = torch.arange(max_count, device=device) < counts.to(device)[classes].unsqueeze(-1)
+    img_keys = img_keys.masked_fill(~valid, 2.0)
+    pos = torch.topk(img_keys, per_class, dim=2, largest=False, sorted=True).indices  # [T, N, K+Q]
+    return classes, pos
+
+
+def _assemble(split: ClassSplit, classes: torch.Tensor, pos: torch.Tensor, shots: int, queries: int) -> TaskBatch:
+    device = split.device
+    classes, pos = classes.to(device), pos.to(device)
+    num_tasks, ways = classes.shape
+    flat = split.offsets[classes].unsqueeze(-1) + pos  # [T, N, K+Q] index into split.images
+    labels = torch.arange(ways, device=device).view(1, ways, 1)
+    s_idx, q_idx = flat[..., :shots].reshape(num_tasks, -1), flat[..., shots:].reshape(num_tasks, -1)
+    s_y = labels.expand(num_tasks, ways, shots).reshape(num_tasks, -1)
+    q_y = labels.expand(num_tasks, ways, queries).reshape(num_tasks, -1)
+    return TaskBatch(split.images[s_idx], s_y, split.images[q_idx], q_y, ways, classes)
+
+
+def sample_tasks(split: ClassSplit, ways: int, shots: int, queries: int, num_tasks: int = 1,
+                 generator: torch.Generator | None = None) -> TaskBatch:
+    """Draw `num_tasks` N-way K-shot Q-query tasks from `split`, on the split's device, in one vectorized call.
+
+    `generator` must live on the split's device; it makes training reproducible from a seed.
+    """
+    check_task_shape(split, ways, shots, queries)
+    classes, pos = _draw(split.counts, ways, shots + queries, num_tasks, generator, split.device)
+    return _assemble(split, classes, pos, shots, queries)
+
+
+def episode_seed(*identity: Any) -> int:
+    """A 63-bit seed derived from an episode's identity (data set, split, N, K, Q, seed, index)."""
+    digest = hashlib.sha256("|".join(map(str, identity)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def eval_episodes(split: ClassSplit, ways: int, shots: int, queries: int, seed: int, start: int, count: int) -> TaskBatch:
+    """Episodes start..start+count-1 of the protocol (split, N, K, Q, seed): a pure function of those values.
+
+    Indices are drawn on the CPU, one generator per episode, so the result does not depend on the device, on the
+    batch size used for evaluation, or on the method being evaluated.
+    """
+    check_task_shape(split, ways, shots, queries)
+    counts = split.counts.cpu()
+    cls, pos = [], []
+    for i in range(start, start + count):
+        g = torch.Generator().manual_seed(episode_seed(split.name, ways, shots, queries, seed, i))
+        c, p = _draw(counts, ways, shots + queries, 1, g, torch.device("cpu"))
+        cls.append(c)
+        pos.append(p)
+    return _assemble(split, torch.cat(cls), torch.cat(pos), shots, queries)

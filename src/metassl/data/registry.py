@@ -1,0 +1,75 @@
+"""The registry of data sets: a data set is one module that calls `register_dataset` once."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .episodic import ClassSplit
+from .root import resolve_data_root
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    splits: tuple[str, ...]
+    image_size: int  # default side length images are resized to
+    channels: int
+    description: str
+    # load(root, split, image_size) -> ClassSplit on the CPU; raises DatasetNotFoundError naming the files
+    load: Callable[[Path, str, int], ClassSplit]
+    # locate(root) -> the file or folder the data set would be read from; raises DatasetNotFoundError
+    locate: Callable[[Path], Path]
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in DATASETS:
+        raise ValueError(f"data set {spec.name!r} is registered twice")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    _import_builtin()
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, DATASETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown data set {name!r}{hint} Known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def list_datasets() -> list[DatasetSpec]:
+    _import_builtin()
+    return [DATASETS[k] for k in sorted(DATASETS)]
+
+
+def load_dataset(name: str, split: str, data_root: str | Path | None = None, image_size: int | None = None,
+                 device: str | torch.device = "cpu") -> ClassSplit:
+    """Load one split of a registered data set as a `ClassSplit` on `device`."""
+    spec = get_dataset(name)
+    if split not in spec.splits:
+        close = difflib.get_close_matches(split, spec.splits, n=2)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"data set {name!r} has no split {split!r}{hint}; its splits are: {', '.join(spec.splits)}")
+    size = image_size or spec.image_size
+    if not isinstance(size, int) or size < 4 or size > 1024:
+        raise ValueError(f"image_size must be an integer in [4, 1024], got {size!r}")
+    out = spec.load(resolve_data_root(data_root), split, size)
+    return out.to(device)
+
+
+_IMPORTED = False
+
+
+def _import_builtin() -> None:
+    global _IMPORTED  # import-time registration of the built-in loaders, done once; holds no run state
+    if not _IMPORTED:
+        _IMPORTED = True
+        from . import loaders  # noqa: F401
