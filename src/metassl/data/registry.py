@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config import ConfigError
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ def get_dataset(name: str) -> DatasetSpec:
     if name not in DATASETS:
         close = difflib.get_close_matches(name, DATASETS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown data set {name!r}{hint} Known: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"unknown data set {name!r}{hint} Known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
 
 

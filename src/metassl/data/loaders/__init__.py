@@ -1,3 +1,3 @@
 """Built-in data set loaders; each module registers one or more data sets."""
 
-from . import omniglot  # noqa: F401
+from . import cifar10, cifarfs, digits, folder, miniimagenet, mnist, omniglot  # noqa: F401

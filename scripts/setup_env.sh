@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv and install metassl with its test tools. On a machine without an NVIDIA GPU, torch is the CPU build:
+# from a local wheel when pip knows one (find-links), else from PyTorch's CPU index -- never a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: NVIDIA GPU found, installing the CUDA build of torch"
+    "${PIP[@]}" install "torch>=2.4"
+  elif "${PIP[@]}" install --no-index "torch==2.13.0" 2>/dev/null; then
+    echo "setup: installed the local CPU build of torch 2.13.0"
+  else
+    echo "setup: installing the CPU build of torch from PyTorch's CPU index"
+    "${PIP[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+"${PIP[@]}" install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import metassl, torch; print(f'setup: metassl {metassl.__version__}, torch {torch.__version__}')"

@@ -1,0 +1,239 @@
+"""The `metassl` command: train, eval, datasets, presets, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# errors users can fix get one clear line (plus the fix), not a traceback
+from ..config import ConfigError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError, KeyError,
+                                                 NotImplementedError, FloatingPointError)
+
+
+def _data_root_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the data sets (default: $METASSL_DATA, else ~/.cache/metassl/data)")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..engine.trainer import default_run_dir, load_run_config, train
+
+    if a.resume:
+        run_dir = Path(a.run_dir or a.config)
+        cfg = load_run_config(run_dir, a.overrides)
+    else:
+        if not a.config:
+            raise ConfigError("give a CONFIG (a YAML file or a preset; see `metassl presets`)")
+        cfg = load_config(a.config, a.overrides)
+        run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(cfg)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"run folder {run_dir} exists and is not empty: continue it with "
+                              f"`metassl train --resume {run_dir}` or choose another with --run-dir")
+    print(f"run folder: {run_dir}")
+    res = train(cfg, run_dir, resume=a.resume, data_root=a.data_root)
+    print(f"trained {res.steps} steps in {res.seconds:.1f} s; final loss {res.final_loss}")
+    if a.eval:
+        a2 = argparse.Namespace(run=str(run_dir), dataset=None, split=None, ways=None, shots=None, queries=None,
+                                episodes=None, seed=None, json=False, data_root=a.data_root, which="latest",
+                                device=None, batch_episodes=None, out=None)
+        cmd_eval(a2)
+    return 0
+
+
+def evaluate_run(run: str, dataset=None, split=None, ways=None, shots=None, queries=None, episodes=None, seed=None,
+                 data_root=None, which="latest", device=None, batch_episodes=None, progress=True):
+    """Evaluate a run or checkpoint; unspecified protocol values come from the run's `eval` config."""
+    from ..data.registry import load_dataset
+    from ..engine.build import load_model
+    from ..engine.distributed import resolve_device
+    from ..eval import Protocol, evaluate
+
+    dev = resolve_device(device or "auto")
+    model, state = load_model(run, dev, which)
+    cfg = model.config
+    ds = dataset or cfg.data.dataset
+    sp = split or cfg.data.test_split
+    shot_list = [shots] if isinstance(shots, int) else (shots or cfg.eval.shots)
+    size = model.image_shape[-1]
+    data = load_dataset(ds, sp, data_root or cfg.data.root, size, dev)
+    if data.image_shape != tuple(model.image_shape):
+        raise ValueError(f"{ds}/{sp} images are {data.image_shape} but the model was trained on "
+                         f"{tuple(model.image_shape)} images")
+    results = []
+    for k in shot_list:
+        p = Protocol(ds, sp, ways or cfg.eval.ways, k, queries or cfg.eval.queries, episodes or cfg.eval.episodes,
+                     cfg.eval.seed if seed is None else seed)
+        bar = None
+        if progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=p.episodes, desc=f"eval {p.tag}", unit="ep", leave=False, file=sys.stderr)
+        r = evaluate(model.predict, data, p, model.preprocess, batch_episodes or cfg.eval.batch_episodes,
+                     model.learner.adapts_with_gradients, progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        results.append(r)
+    return model, state, results
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    model, state, results = evaluate_run(a.run, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed,
+                                         a.data_root, a.which, a.device, a.batch_episodes, progress=not a.json)
+    paper = model.config.eval.paper
+    rows = []
+    for r in results:
+        d = r.to_dict()
+        d["paper_accuracy"] = paper.get(r.protocol.tag)
+        d["checkpoint"] = state["checkpoint"]
+        d["learner"] = model.config.learner.name
+        d["step"] = state["step"]
+        rows.append(d)
+        if not a.json:
+            ref = f"   (paper: {paper[r.protocol.tag]})" if r.protocol.tag in paper else ""
+            print(r.line() + ref)
+    if a.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))
+    if a.out:
+        from ..engine.atomic import atomic_write_text
+
+        atomic_write_text(a.out, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def cmd_datasets(a: argparse.Namespace) -> int:
+    from ..data.registry import list_datasets, load_dataset
+    from ..data.root import DatasetNotFoundError, resolve_data_root
+
+    root = resolve_data_root(a.data_root)
+    print(f"data root: {root}")
+    for spec in list_datasets():
+        try:
+            where = spec.locate(root)
+        except DatasetNotFoundError:
+            print(f"{spec.name:14s} not found      {spec.description}")
+            continue
+        parts = []
+        if a.counts:
+            for s in spec.splits:
+                try:
+                    d = load_dataset(spec.name, s, root)
+                    parts.append(f"{s}: {d.num_classes} classes / {d.images.shape[0]} images")
+                except Exception as e:  # one broken split must not hide the others
+                    parts.append(f"{s}: error ({e})")
+        print(f"{spec.name:14s} found at {where}")
+        for p in parts:
+            print(f"{'':16s}{p}")
+    if not a.counts:
+        print("(add --counts to load each split and count classes and images)")
+    return 0
+
+
+def cmd_presets(a: argparse.Namespace) -> int:
+    from ..config import (SECTIONS, describe, get_learner_config_lines, list_presets, load_raw)
+
+    if a.keys:
+        for name, cls in SECTIONS.items():
+            print("\n".join(describe(cls, name)))
+        print("\n".join(get_learner_config_lines()))
+        return 0
+    for p in list_presets():
+        desc = str(load_raw(p).get("description", "")).strip().split("\n")[0]
+        print(f"{p:36s} {desc}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..engine.trainer import default_run_dir, train
+
+    t0 = time.perf_counter()
+    cfg = load_config("omniglot/protonet_demo", a.overrides)
+    run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(cfg)
+    print(f"metassl demo: Prototypical Networks (Conv4) on Omniglot, Vinyals split; run folder {run_dir}")
+    res = train(cfg, run_dir, data_root=a.data_root)
+    print(f"trained {res.steps} episodes ({cfg.tasks.ways}-way {cfg.tasks.shots}-shot) in {res.seconds:.0f} s")
+    _, _, results = evaluate_run(str(run_dir), data_root=a.data_root)
+    print(f"\nTest accuracy on {cfg.data.test_split} classes never seen in training "
+          f"({cfg.eval.episodes} episodes, {cfg.eval.queries} queries per class, mean ± 95% CI):")
+    for r in results:
+        ref = cfg.eval.paper.get(r.protocol.tag)
+        ref_s = f"   paper (full training): {ref}" if ref else ""
+        print(f"  {r.protocol.ways}-way {r.protocol.shots}-shot: {r.accuracy:.2f} ± {r.ci95:.2f}%{ref_s}")
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Evaluate again with: metassl eval {run_dir} --episodes 600")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="metassl", description="Few-shot learning: meta-learning and "
+                                 "self-supervised learning, vectorized over tasks.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a config file or preset")
+    p.add_argument("config", nargs="?", help="YAML file or preset name (e.g. omniglot/protonet_5w1s); "
+                   "with --resume, the run folder")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500 tasks.ways=20")
+    p.add_argument("--run-dir", help="run folder (default: OUTPUT_DIR/NAME-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder from its last checkpoint")
+    p.add_argument("--eval", action="store_true", help="evaluate on the test split when training ends")
+    _data_root_arg(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="few-shot accuracy ± 95%% CI of a run or checkpoint")
+    p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("--dataset")
+    p.add_argument("--split")
+    p.add_argument("--ways", type=int)
+    p.add_argument("--shots", type=int, nargs="+")
+    p.add_argument("--queries", type=int)
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--which", default="latest", choices=("latest", "best"), help="which checkpoint of a run")
+    p.add_argument("--device", help="auto, cpu, cuda, ...")
+    p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the metrics and protocol")
+    p.add_argument("--out", help="also write the JSON to this file")
+    _data_root_arg(p)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("datasets", help="list known data sets and where they were found")
+    p.add_argument("--counts", action="store_true", help="load each split and print class and image counts")
+    _data_root_arg(p)
+    p.set_defaults(fn=cmd_datasets)
+
+    p = sub.add_parser("presets", help="list config presets (or all config keys with --keys)")
+    p.add_argument("--keys", action="store_true")
+    p.set_defaults(fn=cmd_presets)
+
+    p = sub.add_parser("demo", help="train ProtoNet on Omniglot and report 5-way 1/5-shot test accuracy")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--run-dir")
+    _data_root_arg(p)
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is intact (continue with `metassl train --resume RUN_DIR`)",
+              file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if os.environ.get("METASSL_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"metassl {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

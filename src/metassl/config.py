@@ -1,0 +1,392 @@
+"""Run configuration: typed, validated sections loaded from YAML presets plus `key=value` overrides.
+
+The `model` and `learner` sections are open: their valid keys come from the config class the chosen backbone or
+learner registered, so a new method brings its own hyperparameters without touching this file. Every error names
+the key: an unknown key lists the closest valid ones, a bad value gives the allowed range or choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what is allowed."""
+
+
+def option(default: Any = dataclasses.MISSING, *, range: tuple[float | None, float | None] | None = None,
+           choices: tuple | None = None, help: str = "", default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its allowed range (inclusive) or choices and a one-line help text."""
+    meta = {"range": range, "choices": choices, "help": help}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fixed sections
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("omniglot", help="registered data set name (see `metassl datasets`)")
+    root: str | None = option(None, help="data root; default --data-root, $METASSL_DATA, ~/.cache/metassl/data")
+    image_size: int | None = option(None, range=(4, 1024), help="side length; default: the data set's own")
+    train_split: str = option("train")
+    val_split: str | None = option("val", help="split for validation during training; null to skip")
+    test_split: str = option("test")
+
+
+@dataclass
+class TaskConfig:
+    """Training episodes; evaluation episodes are set in `eval` (ways/shots may differ, as in the papers)."""
+
+    source: str = option("labeled", help="task source; unsupervised sources arrive as plug-ins")
+    ways: int = option(5, range=(2, 100000))
+    shots: int = option(1, range=(1, 100000))
+    queries: int = option(15, range=(1, 100000))
+    tasks_per_batch: int = option(1, range=(1, 100000), help="tasks per meta-batch (one optimizer step)")
+
+
+@dataclass
+class OptimConfig:
+    name: str = option("adam", choices=("adam", "adamw", "sgd"))
+    lr: float = option(1e-3, range=(0.0, 10.0))
+    weight_decay: float = option(0.0, range=(0.0, 1.0))
+    momentum: float = option(0.9, range=(0.0, 1.0), help="SGD momentum")
+    nesterov: bool = option(False)
+    schedule: str = option("constant", choices=("constant", "step", "cosine"))
+    step_every: int = option(2000, range=(1, None), help="step schedule: multiply lr by gamma every this many steps")
+    gamma: float = option(0.5, range=(0.0, 1.0))
+    warmup_steps: int = option(0, range=(0, None))
+    grad_clip: float | None = option(None, range=(0.0, None), help="clip the global gradient norm; null: off")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = option(10000, range=(0, None), help="optimizer steps (meta-batches)")
+    log_every: int = option(50, range=(1, None))
+    val_every: int = option(1000, range=(0, None), help="validate every this many steps; 0: never")
+    val_episodes: int = option(200, range=(1, None))
+    checkpoint_every: int = option(1000, range=(1, None))
+    keep_checkpoints: int = option(2, range=(1, None), help="how many recent checkpoints to keep")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1, mps")
+    threads: int | None = option(None, range=(1, 1024), help="CPU threads for torch; null: torch's default")
+    progress: bool = option(True, help="show a progress bar")
+    tensorboard: bool = option(True)
+    deterministic: bool = option(False, help="torch.use_deterministic_algorithms (slower)")
+
+
+@dataclass
+class EvalConfig:
+    ways: int = option(5, range=(2, 100000))
+    shots: list[int] = option(default_factory=lambda: [1, 5], help="one evaluation per shot count")
+    queries: int = option(15, range=(1, 100000))
+    episodes: int = option(600, range=(1, None))
+    seed: int = option(0, range=(0, None))
+    batch_episodes: int = option(50, range=(1, None), help="episodes evaluated together (memory vs speed)")
+    paper: dict[str, float] = option(default_factory=dict,
+                                     help="the paper's accuracy per protocol, e.g. {5w1s: 98.8}, for tables")
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "tasks": TaskConfig, "optim": OptimConfig, "train": TrainConfig,
+                             "eval": EvalConfig}
+TOP_LEVEL = ("name", "seed", "output_dir", "description", "data", "tasks", "model", "learner", "optim", "train",
+             "eval")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    model: Any = None  # the backbone's registered config class
+    learner: Any = None  # the learner's registered config class
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conversion and validation
+
+
+def to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _check(value: Any, f: dataclasses.Field, key: str) -> None:
+    rng, choices = f.metadata.get("range"), f.metadata.get("choices")
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if v is None:
+            continue
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {v!r}")
+        if rng is not None and isinstance(v, (int, float)):
+            lo, hi = rng
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                lo_s = "-inf" if lo is None else lo
+                hi_s = "inf" if hi is None else hi
+                raise ConfigError(f"{key} must be in [{lo_s}, {hi_s}], got {v!r}")
+
+
+def unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint} Valid keys in {where}: {', '.join(valid)}")
+
+
+def build(cls: type, values: dict[str, Any] | None, prefix: str) -> Any:
+    """Make a `cls` instance from a mapping, naming `prefix.key` in every error."""
+    values = dict(values or {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in values.items():
+        if k not in fields:
+            raise unknown_key(f"{prefix}.{k}", fields, prefix)
+        key = f"{prefix}.{k}"
+        val = _coerce(v, hints[k], key)
+        _check(val, fields[k], key)
+        kwargs[k] = val
+    obj = cls(**kwargs)
+    for name, f in fields.items():  # defaults are checked too, so a registered class cannot ship a bad one
+        if name not in kwargs:
+            _check(getattr(obj, name), f, f"{prefix}.{name}")
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def describe(cls: type, prefix: str) -> list[str]:
+    """One line per key: name, type, default, range/choices and help."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        extra = ""
+        if f.metadata.get("choices"):
+            extra = f" one of {', '.join(map(str, f.metadata['choices']))}"
+        elif f.metadata.get("range"):
+            extra = f" in {list(f.metadata['range'])}"
+        h = f.metadata.get("help", "")
+        lines.append(f"{prefix}.{f.name}: {_type_name(hints[f.name])} = {default!r}{extra}" + (f"  # {h}" if h else ""))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# presets, YAML and overrides
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("metassl").joinpath("configs")))
+
+
+def list_presets() -> list[str]:
+    root = presets_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def find_config(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    preset = presets_dir() / (name_or_path.removesuffix(".yaml") + ".yaml")
+    if preset.is_file():
+        return preset
+    close = difflib.get_close_matches(name_or_path, list_presets(), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"config {name_or_path!r} is neither a YAML file nor a preset.{hint} "
+                      f"Presets: {', '.join(list_presets())}")
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_raw(name_or_path: str) -> dict[str, Any]:
+    """Read a config, following `base: other_preset` chains (the child's keys win)."""
+    path = find_config(name_or_path)
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base:
+        data = merge(load_raw(base), data)
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = merge({}, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.steps=500)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def resolve(data: dict[str, Any]) -> RunConfig:
+    """Validate a raw config mapping into a RunConfig."""
+    from .learners import get_learner
+    from .models import get_backbone
+
+    data = dict(data)
+    for k in data:
+        if k not in TOP_LEVEL:
+            raise unknown_key(k, TOP_LEVEL, "the top level")
+    kwargs: dict[str, Any] = {}
+    for k in ("name", "output_dir", "description"):
+        if k in data:
+            kwargs[k] = _coerce(data[k], str, k)
+    if "seed" in data:
+        kwargs["seed"] = _coerce(data["seed"], int, "seed")
+    for name, cls in SECTIONS.items():
+        kwargs[name] = build(cls, data.get(name), name)
+    model = dict(data.get("model") or {})
+    backbone = get_backbone(str(model.get("backbone", "conv4")))
+    kwargs["model"] = build(backbone.config, model, "model")
+    learner = dict(data.get("learner") or {})
+    spec = get_learner(str(learner.get("name", "protonet")))
+    kwargs["learner"] = build(spec.config, learner, "learner")
+    return RunConfig(**kwargs)
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+    return resolve(apply_overrides(load_raw(name_or_path), overrides or []))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def get_learner_config_lines() -> list[str]:
+    """Config keys of every registered backbone (`model.*`) and learner (`learner.*`)."""
+    from .learners import LEARNERS
+    from .models import BACKBONES
+
+    lines = []
+    for name, spec in sorted(BACKBONES.items()):
+        lines.append(f"# model.backbone: {name}")
+        lines += describe(spec.config, "model")[1:]
+    for name, spec in sorted(LEARNERS.items()):
+        lines.append(f"# learner.name: {name}")
+        lines += describe(spec.config, "learner")[1:]
+    return lines

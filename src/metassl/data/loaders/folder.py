@@ -1,0 +1,142 @@
+"""Any image folder laid out as `<root>/<class>/<image>`, as a data set.
+
+`load_image_folder(path)` reads such a folder directly (any format Pillow reads; hidden files and files without an
+image extension are skipped). The registered data set `folder` reads the data root itself as the folder:
+split `train`, `val` or `test` reads DATA_ROOT/<split>/<class>/<image>, split `all` reads DATA_ROOT/<class>/<image>.
+Pass the folder with --data-root. Decoded tensors are cached, keyed by the image files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..episodic import ClassSplit, Preprocess
+from ..images import IMAGE_EXTENSIONS, ImageReadError, decode_image, list_images, resize_uint8
+from ..registry import DatasetSpec, register_dataset
+from ..root import DatasetNotFoundError, cached_tensors, missing
+
+SPLITS = ("train", "val", "test", "all")
+IMAGENET_PREPROCESS = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_GRAY_MODES = {"1", "L", "LA", "I", "F"}
+_HOW = ("Put one sub-folder per class, each holding that class's images, in DATA_ROOT/<split>/ (split train, val or "
+        "test) or directly in DATA_ROOT/ (split all), and pass the folder with --data-root.")
+
+
+def class_folders(path: Path) -> list[Path]:
+    """Non-hidden sub-folders of `path`, sorted by name."""
+    return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _probe(path: Path) -> tuple[bool, tuple[int, int]]:
+    """(is colour, (height, width)) of an image from its header, without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+            colour = not (mode in _GRAY_MODES or mode.startswith("I;"))
+            if mode in ("P", "PA"):  # a palette image is colour unless its palette is all gray
+                pal = np.asarray(im.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+                colour = bool((pal != pal[:, :1]).any())
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read image {path}: {e}. Remove or replace the file.") from e
+    return colour, (h, w)
+
+
+def decode_files(files: list[Path], channels: int, size: int | tuple[int, int]) -> torch.Tensor:
+    """Decode image files into [M, channels, H, W] uint8, resizing each one that is not already `size` as it is
+    read (so full-size photos never pile up in memory)."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    out = torch.empty((len(files), channels, *hw), dtype=torch.uint8)
+    for i, f in enumerate(files):
+        a = decode_image(f, channels)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1)
+        if tuple(t.shape[1:]) != hw:
+            t = resize_uint8(t[None].contiguous(), hw)[0]
+        out[i] = t
+    return out
+
+
+def _decode_folder(classes: list[tuple[str, list[Path]]], image_size: int | None, channels: int | None
+                   ) -> tuple[dict[str, torch.Tensor], dict]:
+    files = [f for _, fs in classes for f in fs]
+    size: int | tuple[int, int] | None = image_size
+    if channels is None or size is None:
+        probes = [_probe(f) for f in files]
+        if channels is None:
+            channels = 3 if any(c for c, _ in probes) else 1
+        if size is None:
+            # the most common size; ties go to the larger image, then to the taller one
+            counts = Counter(hw for _, hw in probes)
+            size = max(counts, key=lambda hw: (counts[hw], hw[0] * hw[1], hw[0]))
+    images = decode_files(files, channels, size)
+    meta = {"class_names": [n for n, _ in classes], "counts": [len(fs) for _, fs in classes], "channels": channels}
+    return {"images": images}, meta
+
+
+def load_image_folder(path: str | Path, image_size: int | None = None, channels: int | None = None,
+                      name: str | None = None, preprocess: Preprocess | None = None) -> ClassSplit:
+    """Read `path/<class>/<image>` into a `ClassSplit` (classes sorted by folder name, images by file name).
+
+    channels: 1 or 3; by default 3 if any image is in colour, else 1. image_size: side length every image is resized
+    to; by default the most common image size (images of other sizes are resized to it). preprocess: by default
+    ImageNet mean/std for colour images, plain scaling to [0, 1] for grayscale.
+    """
+    path = Path(path).expanduser()
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 or 3 (or None to detect), got {channels!r}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"image folder {path} does not exist (or is not a folder). Expected "
+                                   f"{path}/<class>/<image> with one sub-folder per class.")
+    folders = class_folders(path)
+    if not folders:
+        loose = list_images(path)
+        hint = f" (it holds {len(loose)} images directly; move them into per-class sub-folders)" if loose else ""
+        raise DatasetNotFoundError(f"image folder {path} has no class sub-folders{hint}. Expected "
+                                   f"{path}/<class>/<image> with one sub-folder per class.")
+    classes = []
+    for folder in folders:
+        files = list_images(folder)
+        if not files:
+            raise ValueError(f"class folder {folder} holds no images (looked for non-hidden files ending in "
+                             f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+        classes.append((folder.name, files))
+    files = [f for _, fs in classes for f in fs]
+    tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    key = f"folder-{tag}-{image_size or 'auto'}-{channels or 'auto'}"
+    tensors, meta = cached_tensors(key, files, lambda: _decode_folder(classes, image_size, channels))
+    if preprocess is None:
+        preprocess = IMAGENET_PREPROCESS if meta["channels"] == 3 else Preprocess()
+    return ClassSplit(tensors["images"], torch.tensor(meta["counts"]), list(meta["class_names"]),
+                      name=name or f"folder:{path.name}", preprocess=preprocess)
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    return root if split == "all" else root / split
+
+
+def load(root: Path, split: str, size: int) -> ClassSplit:
+    folder = _split_folder(root, split)
+    if not folder.is_dir() or not class_folders(folder):
+        raise missing("folder", root, ["<class>/<image>" if split == "all" else f"{split}/<class>/<image>"], _HOW)
+    return load_image_folder(folder, image_size=size, channels=3, name=f"folder/{split}",
+                             preprocess=IMAGENET_PREPROCESS)
+
+
+def locate(root: Path) -> Path:
+    if root.is_dir() and class_folders(root):
+        return root
+    raise missing("folder", root, ["<class>/<image>", "train/<class>/<image>"], _HOW)
+
+
+register_dataset(DatasetSpec(
+    name="folder", splits=SPLITS, image_size=84, channels=3,
+    description="your own images: DATA_ROOT/<split>/<class>/<image> (split all: DATA_ROOT/<class>/<image>)",
+    load=load, locate=locate))

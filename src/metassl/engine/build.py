@@ -1,0 +1,81 @@
+"""From a config (or a checkpoint) to the things a step needs: encoder shape, learner, parameter and buffer dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import RunConfig, resolve
+from ..data.episodic import Preprocess
+from ..learners import Learner, get_learner
+from ..models import build_backbone, feature_dim
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class Model:
+    """A learner with the tensors it works on. `params` are leaf tensors the optimizer updates."""
+
+    config: RunConfig
+    learner: Learner
+    encoder: nn.Module
+    params: Tensors
+    buffers: Tensors
+    image_shape: tuple[int, int, int]
+    preprocess: Preprocess
+
+    def state_tensors(self) -> Tensors:
+        return {**self.params, **self.buffers}
+
+    def train(self, mode: bool = True) -> None:
+        self.encoder.train(mode)
+
+    def predict(self, support_x, support_y, query_x, ways):
+        return self.learner.predict(self.params, self.buffers, support_x, support_y, query_x, ways)
+
+    def load_tensors(self, tensors: Tensors, source: str) -> None:
+        """Copy saved tensors in place; any missing or unexpected name is reported, nothing is half-loaded."""
+        mine = self.state_tensors()
+        missing = sorted(set(mine) - set(tensors))
+        unexpected = sorted(set(tensors) - set(mine))
+        bad_shape = [f"{k}: saved {tuple(tensors[k].shape)}, model {tuple(mine[k].shape)}"
+                     for k in mine if k in tensors and tensors[k].shape != mine[k].shape]
+        if missing or unexpected or bad_shape:
+            raise CheckpointError(
+                f"{source} does not match the model built from its config: "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, shape mismatches {bad_shape[:3]}")
+        with torch.no_grad():
+            for k, t in mine.items():
+                t.copy_(tensors[k])
+
+
+def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: Preprocess,
+                device: torch.device | str = "cpu") -> Model:
+    encoder = build_backbone(cfg.model, image_shape[0]).to(device)
+    learner = get_learner(cfg.learner.name).build(cfg.learner, encoder)
+    dim = feature_dim(encoder, image_shape)
+    params = {f"encoder.{k}": v for k, v in encoder.named_parameters()}
+    buffers = {f"encoder.{k}": v for k, v in encoder.named_buffers()}
+    for k, v in learner.init_params(dim, cfg.tasks.ways).items():
+        if not k.startswith("learner."):
+            raise ValueError(f"learner {cfg.learner.name}: extra parameter {k!r} must be named learner.*")
+        params[k] = nn.Parameter(v.to(device))
+    return Model(cfg, learner, encoder, params, buffers, tuple(image_shape), preprocess)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", which: str = "latest") -> tuple[Model, dict]:
+    """Rebuild a model from a run folder or checkpoint folder, without executing code from the files."""
+    folder = find_checkpoint(path, which)
+    tensors, state, _ = load_checkpoint(folder)
+    cfg = resolve(state["config"])
+    model = build_model(cfg, tuple(state["image_shape"]), Preprocess.from_dict(state["preprocess"]), device)
+    model.load_tensors(tensors, str(folder))
+    model.train(False)
+    return model, {**state, "checkpoint": str(folder)}

@@ -1,0 +1,228 @@
+"""The training loop: the one place that owns state (tensors, optimizer, random generators, files).
+
+One step: draw a batch of tasks on the device -> preprocess on the device -> learner.loss (a pure function of
+params, buffers and tasks) -> backward -> optimizer step -> log; every so often validate and checkpoint.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, RunConfig, dump_yaml, resolve
+from ..data.episodic import check_task_shape
+from ..data.registry import load_dataset
+from ..data.task_sources import make_task_source
+from ..eval.episodes import Protocol, evaluate
+from .atomic import atomic_write_text
+from .build import Model, build_model
+from .checkpoint import find_checkpoint, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
+from .distributed import DistInfo, resolve_device
+from .logging import RunLogger, plot_learning_curves
+from .optim import lr_factor, make_optimizer, set_lr
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    final_loss: float | None
+    best_val: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.output_dir) / f"{cfg.name.replace('/', '_')}-{stamp}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def environment() -> dict[str, Any]:
+    return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or
+            platform.machine(), "threads": torch.get_num_threads()}
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, data_root: str | None = None,
+                 dist: DistInfo | None = None, echo=print):
+        self.dist = dist or DistInfo.from_env()
+        if self.dist.world_size > 1:
+            raise NotImplementedError("multi-process (torchrun) training is not implemented yet; run one process")
+        self.cfg, self.run_dir, self.echo = cfg, Path(run_dir), echo
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = resolve_device(cfg.train.device, self.dist)
+        seed_everything(cfg.seed + self.dist.rank)
+        root = data_root or cfg.data.root
+        d = cfg.data
+        self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device)
+        self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device)
+                          if d.val_split and cfg.train.val_every else None)
+        try:
+            check_task_shape(self.train_split, cfg.tasks.ways, cfg.tasks.shots, cfg.tasks.queries)
+            if self.val_split is not None:
+                check_task_shape(self.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries)
+        except ValueError as e:
+            raise ConfigError(f"tasks/eval settings do not fit the data: {e}") from e
+        self.preprocess = self.train_split.preprocess
+        self.model: Model = build_model(cfg, self.train_split.image_shape, self.preprocess, self.device)
+        self.optimizer = make_optimizer(self.model.params.values(), cfg.optim)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000003 + self.dist.rank)
+        self.source = make_task_source(cfg.tasks, self.train_split, self.generator)
+        self.step, self.best_val = 0, None
+        self.param_names = list(self.model.params)
+        if resume:
+            self._resume()
+        elif self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.logger = RunLogger(self.run_dir, self.dist, cfg.train.tensorboard, self.step if resume else None)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict(), "image_shape": list(self.model.image_shape),
+                "preprocess": self.preprocess.to_dict(), "learner": self.cfg.learner.name,
+                "dataset": self.cfg.data.dataset, "best_val": self.best_val, "param_names": self.param_names,
+                "environment": environment(), "saved_at": datetime.now().isoformat(timespec="seconds")}
+
+    def _training_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, rest = flatten_optimizer(self.optimizer.state_dict())
+        tensors["rng.sampler"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return tensors, rest
+
+    def save(self, name: str | None = None) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        tensors, optim_rest = self._training_tensors()
+        state = {**self._state(), "optimizer": optim_rest}
+        return save_checkpoint(self.run_dir, self.step, self.model.state_tensors(), state, tensors,
+                               keep=self.cfg.train.keep_checkpoints, name=name)
+
+    def _resume(self) -> None:
+        folder = find_checkpoint(self.run_dir)
+        tensors, state, training = load_checkpoint(folder)
+        self.model.load_tensors(tensors, str(folder))
+        self.optimizer.load_state_dict(unflatten_optimizer(training, state["optimizer"]))
+        self.generator.set_state(training["rng.sampler"])
+        torch.set_rng_state(training["rng.torch"])
+        if "rng.cuda" in training and self.device.type == "cuda":
+            torch.cuda.set_rng_state(training["rng.cuda"], self.device)
+        self.step, self.best_val = int(state["step"]), state.get("best_val")
+        self.echo(f"resuming {self.run_dir} from step {self.step} ({folder.name})")
+
+    # -- steps -------------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        set_lr(self.optimizer, cfg.optim.lr, lr_factor(self.step, cfg.optim, cfg.train.steps))
+        tasks = self.source.sample().map_images(self.preprocess)
+        self.model.train(True)
+        loss, metrics = self.model.learner.loss(self.model.params, self.model.buffers, tasks)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower optim.lr or set "
+                                     f"optim.grad_clip. The last checkpoint is intact: resume with --resume.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(list(self.model.params.values()), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {k: float(v) for k, v in metrics.items()} | {"lr": self.optimizer.param_groups[0]["lr"]}
+
+    def validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        p = Protocol(cfg.data.dataset, cfg.data.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries,
+                     cfg.train.val_episodes, cfg.eval.seed)
+        self.model.train(False)
+        r = evaluate(self.model.predict, self.val_split, p, self.preprocess, cfg.eval.batch_episodes,
+                     self.model.learner.adapts_with_gradients)
+        self.model.train(True)
+        return {"accuracy": r.accuracy, "ci95": r.ci95, "protocol": p.tag, "f1": r.metrics["f1"]["mean"]}
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        total = cfg.train.steps
+        t0, last, history = time.perf_counter(), None, []
+        bar = None
+        if self.dist.is_main and cfg.train.progress and self.step < total:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                       mininterval=0.5 if sys.stderr.isatty() else 15.0, file=sys.stderr)
+        window: list[dict[str, float]] = []
+        try:
+            while self.step < total:
+                m = self.train_step()
+                window.append(m)
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self.step == total:
+                    avg = {k: sum(w[k] for w in window) / len(window) for k in ("loss", "accuracy")}
+                    avg["lr"] = m["lr"]
+                    avg["elapsed_s"] = round(time.perf_counter() - t0, 2)
+                    self.logger.log(self.step, avg)
+                    history.append({"step": self.step, **avg})
+                    last = avg["loss"]
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{100 * avg['accuracy']:.1f}%")
+                    window = []
+                if self.val_split is not None and cfg.train.val_every and (
+                        self.step % cfg.train.val_every == 0 or self.step == total):
+                    v = self.validate()
+                    self.logger.log(self.step, v, kind="val")
+                    if bar is not None:
+                        bar.write(f"step {self.step}: validation {v['protocol']} {v['accuracy']:.2f} ± "
+                                  f"{v['ci95']:.2f}%")
+                    if self.best_val is None or v["accuracy"] > self.best_val:
+                        self.best_val = v["accuracy"]
+                        self.save(name="best")
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        if self.dist.is_main and not (self.run_dir / "checkpoints" / "latest").exists():
+            self.save()  # e.g. train.steps=0: a checkpoint of the initialization
+        if self.dist.is_main:
+            plot_learning_curves(self.run_dir)
+        return TrainResult(self.run_dir, self.step, time.perf_counter() - t0, last, self.best_val, history)
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, data_root: str | None = None,
+          echo=print) -> TrainResult:
+    """Train `cfg` into `run_dir` (a new timestamped folder under cfg.output_dir by default)."""
+    return Trainer(cfg, Path(run_dir) if run_dir else default_run_dir(cfg), resume, data_root, echo=echo).run()
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The config a run was started with (its config.yaml), with `overrides` applied (e.g. train.steps=...)."""
+    import yaml
+
+    from ..config import apply_overrides
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    return resolve(apply_overrides(yaml.safe_load(path.read_text()), overrides or []))

@@ -1,0 +1,93 @@
+"""Few-shot evaluation on fixed episodes: any learner, any split, a protocol that names everything needed to repeat it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..data.episodic import ClassSplit, Preprocess, eval_episodes
+from .metrics import confidence_interval, episode_metrics
+
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    dataset: str
+    split: str
+    ways: int
+    shots: int
+    queries: int
+    episodes: int
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.ways}w{self.shots}s"
+
+
+@dataclass
+class EvalResult:
+    protocol: Protocol
+    accuracy: float  # percent
+    ci95: float  # percent, half-width
+    metrics: dict[str, dict[str, float]]  # name -> {"mean", "ci95"} (percent for accuracy, fraction otherwise)
+    seconds: float
+    confusion: list[list[float]] = field(default_factory=list)  # summed over episodes, [true][predicted]
+    per_episode_accuracy: list[float] = field(default_factory=list)
+
+    def to_dict(self, with_episodes: bool = False) -> dict[str, Any]:
+        d = {"protocol": asdict(self.protocol), "accuracy": self.accuracy, "ci95": self.ci95,
+             **{k: v["mean"] for k, v in self.metrics.items() if k != "accuracy"},
+             "metrics": self.metrics, "seconds": round(self.seconds, 3)}
+        if with_episodes:
+            d["per_episode_accuracy"] = self.per_episode_accuracy
+        return d
+
+    def line(self) -> str:
+        p = self.protocol
+        m = self.metrics
+        return (f"{p.dataset}/{p.split} {p.ways}-way {p.shots}-shot ({p.episodes} episodes, {p.queries} queries, "
+                f"seed {p.seed}): accuracy {self.accuracy:.2f} ± {self.ci95:.2f}%  "
+                f"F1 {m['f1']['mean']:.3f}  ROC-AUC {m['roc_auc']['mean']:.3f}")
+
+
+PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preprocess: Preprocess | None = None,
+             batch_episodes: int = 50, needs_grad: bool = False, progress: Callable[[int], None] | None = None
+             ) -> EvalResult:
+    """Run `protocol`'s episodes through `predict(support_x, support_y, query_x, ways) -> logits [T, Nq, N]`.
+
+    Episode i is the same for every method (see `eval_episodes`), so results of different methods are paired.
+    """
+    prep = preprocess or split.preprocess
+    t0 = time.perf_counter()
+    per: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
+    confusion = None
+    for start in range(0, protocol.episodes, batch_episodes):
+        count = min(batch_episodes, protocol.episodes - start)
+        tasks = eval_episodes(split, protocol.ways, protocol.shots, protocol.queries, protocol.seed, start, count)
+        tasks = tasks.map_images(prep)
+        with torch.enable_grad() if needs_grad else torch.no_grad():
+            logits = predict(tasks.support_x, tasks.support_y, tasks.query_x, protocol.ways)
+        m = episode_metrics(logits, tasks.query_y, protocol.ways)
+        for k in METRICS:
+            per[k].append(m[k].cpu())
+        c = m["confusion"].sum(0).cpu()
+        confusion = c if confusion is None else confusion + c
+        if progress:
+            progress(count)
+    values = {k: torch.cat(v) for k, v in per.items()}
+    summary = {}
+    for k, v in values.items():
+        scale = 100.0 if k == "accuracy" else 1.0
+        mean, ci = confidence_interval(v * scale)
+        summary[k] = {"mean": mean, "ci95": ci}
+    return EvalResult(protocol, summary["accuracy"]["mean"], summary["accuracy"]["ci95"], summary,
+                      time.perf_counter() - t0, confusion.tolist() if confusion is not None else [],
+                      (values["accuracy"] * 100).tolist())

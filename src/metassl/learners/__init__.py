@@ -1,0 +1,6 @@
+"""Learners: one file per meta-learning method, each registering a config class and a `Learner`."""
+
+from .base import LEARNERS, Learner, LearnerSpec, get_learner, register_learner
+from . import protonet  # noqa: E402,F401  (registration)
+
+__all__ = ["LEARNERS", "Learner", "LearnerSpec", "get_learner", "register_learner"]

@@ -1,0 +1,63 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
+
+A class is represented by the mean embedding of its support images (its prototype); a query is classified by a
+softmax over negative squared Euclidean distances to the prototypes (or scaled cosine similarity). All tasks of a
+batch go through the encoder in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import option
+from .base import Learner, LearnerSpec, query_loss, register_learner
+
+
+@dataclass
+class ProtoNetConfig:
+    name: str = "protonet"
+    distance: str = option("euclidean", choices=("euclidean", "cosine"),
+                           help="squared Euclidean (the paper) or cosine similarity")
+    temperature: float = option(1.0, range=(1e-6, 1e6), help="logits are divided by this (cosine: try 0.1)")
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Class means [T, N, D] of support embeddings [T, S, D] with labels [T, S] in 0..N-1 (any order, any counts)."""
+    onehot = F.one_hot(labels, ways).to(embeddings.dtype)  # [T, S, N]
+    sums = onehot.transpose(1, 2) @ embeddings  # [T, N, D]
+    return sums / onehot.sum(1).clamp_min(1.0).unsqueeze(-1)
+
+
+def squared_euclidean(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """[T, Q, D] x [T, N, D] -> [T, Q, N] squared distances."""
+    return (queries.unsqueeze(2) - protos.unsqueeze(1)).pow(2).sum(-1)
+
+
+class ProtoNet(Learner):
+    def adapt(self, params, buffers, support_x, support_y, ways):
+        return prototypes(self.embed(params, buffers, support_x), support_y, ways)
+
+    def classify(self, params, buffers, state, query_x):
+        return self.logits_from_embeddings(self.embed(params, buffers, query_x), state)
+
+    def logits_from_embeddings(self, queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        if self.config.distance == "cosine":
+            logits = F.normalize(queries, dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)
+        else:
+            logits = -squared_euclidean(queries, protos)
+        return logits / self.config.temperature
+
+    def loss(self, params, buffers, tasks):
+        # support and query in one encoder call, as in the reference implementation (shared BatchNorm statistics)
+        t, s = tasks.support_x.shape[:2]
+        z = self.embed(params, buffers, torch.cat([tasks.support_x, tasks.query_x], 1))
+        logits = self.logits_from_embeddings(z[:, s:], prototypes(z[:, :s], tasks.support_y, tasks.ways))
+        return query_loss(logits, tasks.query_y)
+
+
+register_learner(LearnerSpec("protonet", ProtoNetConfig, lambda cfg, enc: ProtoNet(cfg, enc),
+                             "class means of support embeddings, nearest by squared Euclidean distance",
+                             "Snell et al., Prototypical Networks for Few-shot Learning, NeurIPS 2017"))

@@ -1,0 +1,53 @@
+"""The registry of backbones: a backbone is one module with a config class and a `build` function."""
+
+from __future__ import annotations
+
+from ..config import ConfigError
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    config: type  # dataclass with a `backbone` field and the backbone's options
+    build: Callable[[Any, int], nn.Module]  # (config, in_channels) -> encoder mapping images to [B, D]
+    description: str = ""
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in BACKBONES:
+        raise ValueError(f"backbone {spec.name!r} is registered twice")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        close = difflib.get_close_matches(name, BACKBONES, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown backbone {name!r} (config key model.backbone).{hint} "
+                       f"Known: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name]
+
+
+def build_backbone(config: Any, in_channels: int) -> nn.Module:
+    return get_backbone(config.backbone).build(config, in_channels)
+
+
+@torch.no_grad()
+def feature_dim(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
+    """The embedding size for images of this shape (one dry forward pass in eval mode)."""
+    was = model.training
+    model.eval()
+    p = next(model.parameters())
+    out = model(torch.zeros(1, *image_shape, device=p.device, dtype=p.dtype))
+    model.train(was)
+    return out.shape[-1]

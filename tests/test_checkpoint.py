@@ -1,0 +1,53 @@
+import json
+import pytest
+import torch
+
+from metassl.engine.atomic import atomic_directory
+from metassl.engine.checkpoint import (CheckpointError, find_checkpoint, flatten_optimizer, load_checkpoint,
+                                       save_checkpoint, unflatten_optimizer)
+
+
+def test_save_load_roundtrip_and_prune(tmp_path):
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.sum().backward()
+    opt.step()
+    t, rest = flatten_optimizer(opt.state_dict())
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"encoder.w": p}, {"optimizer": rest, "x": step}, t, keep=2)
+    names = sorted(q.name for q in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step_00000002", "step_00000003"]
+    folder = find_checkpoint(tmp_path)
+    model, state, training = load_checkpoint(folder)
+    assert state["step"] == 3 and torch.equal(model["encoder.w"], p.detach())
+    opt2 = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3, 2))], lr=0.1)
+    opt2.load_state_dict(unflatten_optimizer(training, state["optimizer"]))
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    # nothing here is a pickle: the files are safetensors and JSON
+    assert {f.name for f in folder.iterdir()} == {"model.safetensors", "training.safetensors", "state.json"}
+
+
+def test_failed_write_leaves_previous_checkpoint(tmp_path):
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {})
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "checkpoints" / "step_00000001") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"partial")
+            raise RuntimeError("killed while writing")
+    model, _, _ = load_checkpoint(find_checkpoint(tmp_path))
+    assert torch.equal(model["w"], torch.ones(2))
+    leftovers = [q.name for q in (tmp_path / "checkpoints").iterdir() if q.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_newer_format_and_foreign_folder_are_clear_errors(tmp_path):
+    folder = save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {})
+    state = json.loads((folder / "state.json").read_text())
+    state["format_version"] = 99
+    (folder / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="newer metassl"):
+        load_checkpoint(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        find_checkpoint(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_checkpoint(tmp_path / "nowhere")
