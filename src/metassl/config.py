@@ -84,6 +84,7 @@ class TrainConfig:
     progress: bool = option(True, help="show a progress bar")
     tensorboard: bool = option(True)
     deterministic: bool = option(False, help="torch.use_deterministic_algorithms (slower)")
+    channels_last: bool = option(True, help="NHWC memory layout for conv backbones (faster on CPU and GPU)")
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 from .episodic import ClassSplit, Preprocess, TaskBatch, check_task_shape, episode_seed, eval_episodes, sample_tasks
 from .images import ImageReadError, decode_image
+from .loaders.folder import load_image_folder
 from .registry import DATASETS, DatasetSpec, get_dataset, list_datasets, load_dataset, register_dataset
 from .root import DatasetNotFoundError, cache_dir, resolve_data_root
 
 __all__ = [
     "ClassSplit", "Preprocess", "TaskBatch", "check_task_shape", "episode_seed", "eval_episodes", "sample_tasks",
-    "ImageReadError", "decode_image", "DATASETS", "DatasetSpec", "get_dataset", "list_datasets", "load_dataset",
+    "ImageReadError", "decode_image", "load_image_folder", "DATASETS", "DatasetSpec", "get_dataset", "list_datasets", "load_dataset",
     "register_dataset", "DatasetNotFoundError", "cache_dir", "resolve_data_root",
 ]

@@ -60,6 +60,9 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
                 device: torch.device | str = "cpu") -> Model:
     encoder = build_backbone(cfg.model, image_shape[0]).to(device)
     learner = get_learner(cfg.learner.name).build(cfg.learner, encoder)
+    if cfg.train.channels_last and any(isinstance(m, nn.Conv2d) for m in encoder.modules()):
+        encoder.to(memory_format=torch.channels_last)
+        learner.channels_last = True
     dim = feature_dim(encoder, image_shape)
     params = {f"encoder.{k}": v for k, v in encoder.named_parameters()}
     buffers = {f"encoder.{k}": v for k, v in encoder.named_buffers()}

@@ -2,5 +2,6 @@
 
 from .base import LEARNERS, Learner, LearnerSpec, get_learner, register_learner
 from . import protonet  # noqa: E402,F401  (registration)
+from . import anil, maml, metasgd, reptile  # noqa: E402,F401  (registration)
 
 __all__ = ["LEARNERS", "Learner", "LearnerSpec", "get_learner", "register_learner"]

@@ -44,6 +44,7 @@ class Learner:
     def __init__(self, config: Any, encoder: nn.Module):
         self.config = config
         self.encoder = encoder  # a stateless shape: its tensors are always passed in by the caller
+        self.channels_last = False  # set by the engine; images are then fed in NHWC layout
 
     # -- parameters the learner adds beside the encoder -------------------------------------------------------
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
@@ -55,6 +56,8 @@ class Learner:
         """Encoder features of images shaped [..., C, H, W] -> [..., D] (leading dims flattened and restored)."""
         lead = images.shape[:-3]
         x = images.reshape(-1, *images.shape[-3:])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         z = functional_call(self.encoder, {**sub(params, ENCODER), **sub(buffers, ENCODER)}, (x,))
         return z.reshape(*lead, z.shape[-1])
 
