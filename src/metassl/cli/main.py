@@ -114,24 +114,25 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     root = resolve_data_root(a.data_root)
     print(f"data root: {root}")
     for spec in list_datasets():
+        if spec.generic:
+            print(f"{spec.name:14s} (any folder)  {spec.description}")
+            continue
         try:
             where = spec.locate(root)
         except DatasetNotFoundError:
             print(f"{spec.name:14s} not found      {spec.description}")
             continue
         parts = []
-        if a.counts:
+        if not a.no_counts:
             for s in spec.splits:
                 try:
                     d = load_dataset(spec.name, s, root)
                     parts.append(f"{s}: {d.num_classes} classes / {d.images.shape[0]} images")
                 except Exception as e:  # one broken split must not hide the others
-                    parts.append(f"{s}: error ({e})")
+                    parts.append(f"{s}: error ({str(e).splitlines()[0]})")
         print(f"{spec.name:14s} found at {where}")
         for p in parts:
             print(f"{'':16s}{p}")
-    if not a.counts:
-        print("(add --counts to load each split and count classes and images)")
     return 0
 
 
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("datasets", help="list known data sets and where they were found")
-    p.add_argument("--counts", action="store_true", help="load each split and print class and image counts")
+    p.add_argument("--no-counts", action="store_true", help="only say where each data set is, do not load splits")
     _data_root_arg(p)
     p.set_defaults(fn=cmd_datasets)
 

@@ -25,6 +25,8 @@ class DatasetSpec:
     load: Callable[[Path, str, int], ClassSplit]
     # locate(root) -> the file or folder the data set would be read from; raises DatasetNotFoundError
     locate: Callable[[Path], Path]
+    # a generic layout (e.g. an image folder) that reads the data root itself: not probed by `metassl datasets`
+    generic: bool = False
 
 
 DATASETS: dict[str, DatasetSpec] = {}

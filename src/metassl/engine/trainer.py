@@ -28,6 +28,7 @@ from .build import Model, build_model
 from .checkpoint import find_checkpoint, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
 from .distributed import DistInfo, resolve_device
 from .logging import RunLogger, plot_learning_curves
+from .meta import StepRunner
 from .optim import lr_factor, make_optimizer, set_lr
 
 
@@ -138,12 +139,15 @@ class Trainer:
         set_lr(self.optimizer, cfg.optim.lr, lr_factor(self.step, cfg.optim, cfg.train.steps))
         tasks = self.source.sample().map_images(self.preprocess)
         self.model.train(True)
-        loss, metrics = self.model.learner.loss(self.model.params, self.model.buffers, tasks)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower optim.lr or set "
-                                     f"optim.grad_clip. The last checkpoint is intact: resume with --resume.")
+        if getattr(self, "_runner", None) is None:  # chunks, vmap/loop choice, amp, compile: see engine/meta.py
+            self._runner = StepRunner(self.model, self.device, lambda msg, values: (
+                self.echo(msg), self.logger.log(self.step, values, kind="info")))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, metrics = self._runner(tasks)  # forward and backward
+        if not torch.isfinite(loss):
+            inner = " (or learner.inner_lr)" if hasattr(cfg.learner, "inner_steps") else ""
+            raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower optim.lr{inner} or set "
+                                     f"optim.grad_clip. The last checkpoint is intact: resume with --resume.")
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(list(self.model.params.values()), cfg.optim.grad_clip)
         self.optimizer.step()

@@ -139,4 +139,4 @@ def locate(root: Path) -> Path:
 register_dataset(DatasetSpec(
     name="folder", splits=SPLITS, image_size=84, channels=3,
     description="your own images: DATA_ROOT/<split>/<class>/<image> (split all: DATA_ROOT/<class>/<image>)",
-    load=load, locate=locate))
+    load=load, locate=locate, generic=True))
