@@ -13,9 +13,12 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "setup: NVIDIA GPU found, installing the CUDA build of torch"
     "${PIP[@]}" install "torch>=2.4"
-  elif "${PIP[@]}" install --no-index "torch==2.13.0" 2>/dev/null; then
+  elif "${PIP[@]}" install --no-deps --no-index "torch==2.13.0" >/dev/null 2>&1 \
+       && "$VENV/bin/python" -c "import sys, importlib.metadata as m; sys.exit('+cpu' not in m.version('torch'))"; then
+    # a local CPU wheel (find-links); its dependencies come from the package index with the rest below
     echo "setup: installed the local CPU build of torch 2.13.0"
   else
+    "${PIP[@]}" uninstall -y torch >/dev/null 2>&1 || true
     echo "setup: installing the CPU build of torch from PyTorch's CPU index"
     "${PIP[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
   fi

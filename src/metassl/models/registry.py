@@ -48,6 +48,7 @@ def feature_dim(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
     was = model.training
     model.eval()
     p = next(model.parameters())
-    out = model(torch.zeros(1, *image_shape, device=p.device, dtype=p.dtype))
+    # two images: BatchNorm without running statistics normalizes with batch statistics even in eval mode
+    out = model(torch.zeros(2, *image_shape, device=p.device, dtype=p.dtype))
     model.train(was)
     return out.shape[-1]
