@@ -23,5 +23,9 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${PIP[@]}" install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+if ! "${PIP[@]}" install -e ".[test]" > "$VENV/pip-install.log" 2>&1; then
+  grep -v "^WARNING: Location" "$VENV/pip-install.log" >&2
+  echo "setup: pip install failed (log: $VENV/pip-install.log)" >&2
+  exit 1
+fi
 "$VENV/bin/python" -c "import metassl, torch; print(f'setup: metassl {metassl.__version__}, torch {torch.__version__}')"
