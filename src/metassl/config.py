@@ -50,7 +50,8 @@ class DataConfig:
 class TaskConfig:
     """Training episodes; evaluation episodes are set in `eval` (ways/shots may differ, as in the papers)."""
 
-    source: str = option("labeled", help="task source; unsupervised sources arrive as plug-ins")
+    source: str = option("auto", help="where training batches come from: auto (the learner's default), labeled, "
+                         "or a registered unsupervised source")
     ways: int = option(5, range=(2, 100000))
     shots: int = option(1, range=(1, 100000))
     queries: int = option(15, range=(1, 100000))

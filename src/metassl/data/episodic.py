@@ -27,7 +27,8 @@ class Preprocess:
     std: tuple[float, ...] = ()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255.0)
+        """uint8 images (0..255) or float images already in [0, 1] (e.g. augmented views) -> network input."""
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         if self.invert:
             x = 1.0 - x
         if self.mean:

@@ -28,20 +28,23 @@ def register_task_source(name: str):
     return deco
 
 
-def make_task_source(task_cfg: Any, split: ClassSplit, generator: torch.Generator) -> TaskSource:
-    if task_cfg.source not in TASK_SOURCES:
-        close = difflib.get_close_matches(task_cfg.source, TASK_SOURCES, n=2)
+def make_task_source(task_cfg: Any, split: ClassSplit, generator: torch.Generator, default: str = "labeled",
+                     **extra: Any) -> TaskSource:
+    """The source named by `tasks.source` (`auto`: the learner's default), built for `split`."""
+    name = default if task_cfg.source == "auto" else task_cfg.source
+    if name not in TASK_SOURCES:
+        close = difflib.get_close_matches(name, TASK_SOURCES, n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown task source {task_cfg.source!r} (config key tasks.source).{hint} "
-                       f"Known: {', '.join(sorted(TASK_SOURCES))}")
-    return TASK_SOURCES[task_cfg.source](task_cfg, split, generator)
+        raise ConfigError(f"unknown task source {name!r} (config key tasks.source).{hint} "
+                          f"Known: auto, {', '.join(sorted(TASK_SOURCES))}")
+    return TASK_SOURCES[name](task_cfg, split, generator, **extra)
 
 
 @register_task_source("labeled")
 class LabeledTasks:
     """N-way K-shot Q-query tasks from the split's labels, drawn on the split's device."""
 
-    def __init__(self, cfg: Any, split: ClassSplit, generator: torch.Generator):
+    def __init__(self, cfg: Any, split: ClassSplit, generator: torch.Generator, **_: Any):
         check_task_shape(split, cfg.ways, cfg.shots, cfg.queries)
         self.cfg, self.split, self.generator = cfg, split, generator
 

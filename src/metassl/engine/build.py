@@ -70,6 +70,10 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
         if not k.startswith("learner."):
             raise ValueError(f"learner {cfg.learner.name}: extra parameter {k!r} must be named learner.*")
         params[k] = nn.Parameter(v.to(device))
+    for k, v in learner.init_buffers(params, buffers).items():
+        if not k.startswith("learner."):
+            raise ValueError(f"learner {cfg.learner.name}: extra buffer {k!r} must be named learner.*")
+        buffers[k] = v.to(device)
     return Model(cfg, learner, encoder, params, buffers, tuple(image_shape), preprocess)
 
 

@@ -23,6 +23,7 @@ from ..data.episodic import check_task_shape
 from ..data.registry import load_dataset
 from ..data.task_sources import make_task_source
 from ..eval.episodes import Protocol, evaluate
+from ..learners import get_learner
 from .atomic import atomic_write_text
 from .build import Model, build_model
 from .checkpoint import find_checkpoint, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
@@ -88,7 +89,9 @@ class Trainer:
         self.model: Model = build_model(cfg, self.train_split.image_shape, self.preprocess, self.device)
         self.optimizer = make_optimizer(self.model.params.values(), cfg.optim)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000003 + self.dist.rank)
-        self.source = make_task_source(cfg.tasks, self.train_split, self.generator)
+        spec = get_learner(cfg.learner.name)
+        self.source = make_task_source(cfg.tasks, self.train_split, self.generator, spec.default_source,
+                                       config=cfg, device=self.device)
         self.step, self.best_val = 0, None
         self.param_names = list(self.model.params)
         if resume:

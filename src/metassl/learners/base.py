@@ -46,10 +46,19 @@ class Learner:
         self.encoder = encoder  # a stateless shape: its tensors are always passed in by the caller
         self.channels_last = False  # set by the engine; images are then fed in NHWC layout
 
-    # -- parameters the learner adds beside the encoder -------------------------------------------------------
+    # -- tensors the learner adds beside the encoder ----------------------------------------------------------
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
         """Learnable tensors beside the encoder, named `learner.*` (e.g. a head for `ways` classes)."""
         return {}
+
+    def init_buffers(self, params: Tensors, buffers: Tensors) -> Tensors:
+        """Non-learnable state carried between steps and saved in checkpoints, named `learner.*` (e.g. an EMA
+        target network or a queue of negatives)."""
+        return {}
+
+    def after_step(self, params: Tensors, buffers: Tensors, aux: dict[str, Any], step: int, total_steps: int) -> None:
+        """Called by the engine after each optimizer step, under no_grad, with the `aux` dict `loss` returned;
+        the only place a learner may update its `learner.*` buffers in place (EMA, queue)."""
 
     # -- the functional core ----------------------------------------------------------------------------------
     def embed(self, params: Tensors, buffers: Tensors, images: torch.Tensor) -> torch.Tensor:
@@ -92,6 +101,9 @@ class LearnerSpec:
     build: Callable[[Any, nn.Module], Learner]
     description: str = ""
     paper: str = ""
+    # the task source used when the config says `tasks.source: auto`: labeled episodes for meta-learners,
+    # unlabeled augmented views for self-supervised methods
+    default_source: str = "labeled"
 
 
 LEARNERS: dict[str, LearnerSpec] = {}
