@@ -56,11 +56,30 @@ class TaskConfig:
     shots: int = option(1, range=(1, 100000))
     queries: int = option(15, range=(1, 100000))
     tasks_per_batch: int = option(1, range=(1, 100000), help="tasks per meta-batch (one optimizer step)")
+    batch_size: int = option(256, range=(1, 1000000), help="images per step for sources of unlabeled images")
+    views: int = option(2, range=(1, 64), help="augmented views per image for sources of unlabeled images")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation on the device for self-supervised views (and unsupervised task sources)."""
+
+    preset: str = option("auto", choices=("auto", "cifar10", "omniglot", "mnist", "generic", "none"),
+                         help="auto: chosen from the data set; the keys below override the preset when set")
+    crop_scale: list[float] | None = option(None, help="random resized crop area range, e.g. [0.08, 1.0]")
+    crop_ratio: list[float] | None = option(None, help="aspect ratio range, e.g. [0.75, 1.333]")
+    flip: float | None = option(None, range=(0.0, 1.0), help="horizontal flip probability")
+    jitter: float | None = option(None, range=(0.0, 1.0), help="color jitter probability")
+    jitter_strength: list[float] | None = option(None, help="brightness, contrast, saturation, hue")
+    grayscale: float | None = option(None, range=(0.0, 1.0), help="random grayscale probability")
+    blur: float | None = option(None, range=(0.0, 1.0), help="Gaussian blur probability")
+    solarize: float | None = option(None, range=(0.0, 1.0), help="solarization probability")
+    rotate90: float | None = option(None, range=(0.0, 1.0), help="probability of a random 90-degree rotation")
 
 
 @dataclass
 class OptimConfig:
-    name: str = option("adam", choices=("adam", "adamw", "sgd"))
+    name: str = option("adam", choices=("adam", "adamw", "sgd", "lars"))
     lr: float = option(1e-3, range=(0.0, 10.0))
     weight_decay: float = option(0.0, range=(0.0, 1.0))
     momentum: float = option(0.9, range=(0.0, 1.0), help="SGD momentum")
@@ -86,6 +105,7 @@ class TrainConfig:
     tensorboard: bool = option(True)
     deterministic: bool = option(False, help="torch.use_deterministic_algorithms (slower)")
     channels_last: bool = option(True, help="NHWC memory layout for conv backbones (faster on CPU and GPU)")
+    knn_every: int = option(0, range=(0, None), help="online kNN monitor every this many steps (0: off)")
 
 
 @dataclass
@@ -100,10 +120,10 @@ class EvalConfig:
                                      help="the paper's accuracy per protocol, e.g. {5w1s: 98.8}, for tables")
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "tasks": TaskConfig, "optim": OptimConfig, "train": TrainConfig,
-                             "eval": EvalConfig}
-TOP_LEVEL = ("name", "seed", "output_dir", "description", "data", "tasks", "model", "learner", "optim", "train",
-             "eval")
+SECTIONS: dict[str, type] = {"data": DataConfig, "tasks": TaskConfig, "augment": AugmentConfig, "optim": OptimConfig,
+                             "train": TrainConfig, "eval": EvalConfig}
+TOP_LEVEL = ("name", "seed", "output_dir", "description", "data", "tasks", "augment", "model", "learner", "optim",
+             "train", "eval")
 
 
 @dataclass
@@ -114,6 +134,7 @@ class RunConfig:
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: Any = None  # the backbone's registered config class
     learner: Any = None  # the learner's registered config class
     optim: OptimConfig = field(default_factory=OptimConfig)
