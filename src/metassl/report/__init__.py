@@ -1,0 +1,227 @@
+"""One HTML page per run, with PNG figures: learning curves, the evaluation table (95% CIs, the paper's number),
+accuracy against shots with CI bands, a confusion matrix over test episodes and a t-SNE map of test-class embeddings.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.episodic import ClassSplit, eval_episodes
+from ..data.registry import load_dataset
+from ..engine.atomic import atomic_write_path, atomic_write_text
+from ..engine.build import Model, load_model
+from ..engine.logging import plot_learning_curves
+from ..eval.episodes import EvalResult, Protocol, evaluate
+
+SHOTS = (1, 5, 10, 20)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_write_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _plt().close(fig)
+    return path
+
+
+def shot_sweep(model: Model, split: ClassSplit, ways: int, queries: int, episodes: int, seed: int,
+               shots=SHOTS) -> list[tuple[int, int, EvalResult | None]]:
+    """Accuracy at each shot count; queries shrink where a class has too few images (recorded), None if impossible."""
+    out = []
+    smallest = int(torch.sort(split.counts).values[-ways]) if split.num_classes >= ways else 0
+    for k in shots:
+        q = min(queries, smallest - k)
+        if q < 1:
+            out.append((k, 0, None))
+            continue
+        p = Protocol(split.name.split("/")[0], split.name.split("/")[-1], ways, k, q, episodes, seed)
+        out.append((k, q, evaluate(model.predict, split, p, model.preprocess, 25, model.learner.adapts_with_gradients)))
+    return out
+
+
+def plot_shots(sweep, path: Path, title: str) -> Path:
+    plt = _plt()
+    pts = [(k, r) for k, _, r in sweep if r is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ks = [k for k, _ in pts]
+    acc = [r.accuracy for _, r in pts]
+    ci = [r.ci95 for _, r in pts]
+    ax.plot(ks, acc, marker="o", color="tab:blue")
+    ax.fill_between(ks, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)], alpha=0.25,
+                    color="tab:blue", label="95% CI")
+    for k, q, r in sweep:
+        if r is None:
+            ax.annotate(f"{k}-shot: too few images", xy=(0.02, 0.04), xycoords="axes fraction", fontsize=8)
+    ax.set(xscale="log", xticks=list(SHOTS), xticklabels=[str(s) for s in SHOTS], xlabel="shots (log scale)",
+           ylabel="accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def class_confusion(model: Model, split: ClassSplit, ways: int, shots: int, queries: int, episodes: int, seed: int,
+                    num_classes: int = 10) -> tuple[list[str], torch.Tensor]:
+    """Confusion over real test classes: episodes drawn from a fixed subset of `num_classes` classes, each
+    prediction counted against the true class identity (not the episode's arbitrary label)."""
+    g = torch.Generator().manual_seed(seed)
+    eligible = (split.counts >= shots + queries).nonzero().flatten().cpu()
+    chosen = eligible[torch.randperm(eligible.numel(), generator=g)[:num_classes]].sort().values
+    sub = split.subset(chosen.to(split.device), name=split.name + "/report")
+    n = min(ways, sub.num_classes)
+    conf = torch.zeros(sub.num_classes, sub.num_classes)
+    for start in range(0, episodes, 25):
+        t = eval_episodes(sub, n, shots, queries, seed, start, min(25, episodes - start))
+        b = t.map_images(model.preprocess)
+        with torch.enable_grad() if model.learner.adapts_with_gradients else torch.no_grad():
+            logits = model.predict(b.support_x, b.support_y, b.query_x, n)
+        pred = logits.argmax(-1).cpu()
+        cls = t.classes.cpu()
+        true_c = torch.gather(cls, 1, t.query_y.cpu())
+        pred_c = torch.gather(cls, 1, pred)
+        conf.index_put_((true_c.flatten(), pred_c.flatten()), torch.ones(true_c.numel()), accumulate=True)
+    return sub.class_names, conf
+
+
+def plot_confusion(names: list[str], conf: torch.Tensor, path: Path, title: str) -> Path:
+    plt = _plt()
+    rows = conf / conf.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    im = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    short = [n if len(n) <= 22 else "…" + n[-21:] for n in names]
+    ax.set_xticks(range(len(names)), short, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), short, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            v = float(rows[i, j])
+            if v >= 0.005:
+                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if v > 0.5 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's queries")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_tsne(model: Model, split: ClassSplit, path: Path, seed: int, num_classes: int = 10, per_class: int = 30
+              ) -> Path:
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    g = torch.Generator().manual_seed(seed + 1)
+    chosen = torch.randperm(split.num_classes, generator=g)[:num_classes].sort().values
+    idx, lab = [], []
+    for j, c in enumerate(chosen.tolist()):
+        o, n = int(split.offsets[c]), int(split.counts[c])
+        take = torch.randperm(n, generator=g)[:per_class] + o
+        idx.append(take)
+        lab += [j] * take.numel()
+    x = model.preprocess(split.images[torch.cat(idx).to(split.device)])
+    model.train(False)
+    with torch.no_grad():
+        z = torch.cat([model.learner.embed(model.params, model.buffers, x[i:i + 256]) for i in range(0, len(x), 256)])
+    z = torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
+    xy = TSNE(n_components=2, perplexity=min(30, max(5, len(z) // 4)), init="pca", random_state=seed).fit_transform(z)
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
+    for j, c in enumerate(chosen.tolist()):
+        m = [i for i, v in enumerate(lab) if v == j]
+        name = split.class_names[c]
+        ax.scatter(xy[m, 0], xy[m, 1], s=10, color=cmap(j % cmap.N), label=name if len(name) <= 28 else "…" + name[-27:])
+    ax.set(title=f"t-SNE of test-class embeddings ({split.name})", xticks=[], yticks=[])
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@dataclass
+class ReportResult:
+    html: Path
+    figures: list[Path]
+    table: list[dict[str, Any]]
+
+
+def write_report(run: str | Path, data_root: str | None = None, episodes: int | None = None, device: str = "cpu",
+                 out: str | Path | None = None) -> ReportResult:
+    """Evaluate a run on its test split and write `report.html` with its figures into `<run>/report/`."""
+    run = Path(run)
+    model, info = load_model(run, torch.device(device))
+    cfg = model.config
+    run_dir = run if (run / "config.yaml").exists() else Path(info["checkpoint"]).parent.parent
+    folder = Path(out) if out else run_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    split = load_dataset(cfg.data.dataset, cfg.data.test_split, data_root or cfg.data.root, model.image_shape[-1],
+                         torch.device(device))
+    eps = episodes or cfg.eval.episodes
+    ways = min(cfg.eval.ways, split.num_classes)
+    figures, table = [], []
+    curves = plot_learning_curves(run_dir, folder / "learning_curves.png")
+    if curves:
+        figures.append(curves)
+    for k in cfg.eval.shots:
+        p = Protocol(cfg.data.dataset, cfg.data.test_split, ways, k, cfg.eval.queries, eps, cfg.eval.seed)
+        r = evaluate(model.predict, split, p, model.preprocess, cfg.eval.batch_episodes,
+                     model.learner.adapts_with_gradients)
+        table.append({**r.to_dict(), "paper_accuracy": cfg.eval.paper.get(p.tag)})
+    sweep = shot_sweep(model, split, ways, cfg.eval.queries, eps, cfg.eval.seed)
+    figures.append(plot_shots(sweep, folder / "accuracy_vs_shots.png",
+                              f"{ways}-way accuracy against shots ({eps} episodes each)"))
+    names, conf = class_confusion(model, split, ways, min(cfg.eval.shots), min(cfg.eval.queries, 5), eps,
+                                  cfg.eval.seed)
+    figures.append(plot_confusion(names, conf, folder / "confusion.png",
+                                  f"Confusion over {len(names)} test classes ({eps} episodes)"))
+    figures.append(plot_tsne(model, split, folder / "tsne.png", cfg.eval.seed))
+    page = _html(cfg, info, table, sweep, figures, folder)
+    atomic_write_text(folder / "report.html", page)
+    atomic_write_text(folder / "evaluation.json", json.dumps(table, indent=1) + "\n")
+    return ReportResult(folder / "report.html", figures, table)
+
+
+def _html(cfg, info, table, sweep, figures, folder: Path) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(r['protocol']['dataset'])}/{e(r['protocol']['split'])}</td><td>{r['protocol']['ways']}-way "
+        f"{r['protocol']['shots']}-shot</td><td>{r['protocol']['episodes']}</td><td><b>{r['accuracy']:.2f} ± "
+        f"{r['ci95']:.2f}</b></td><td>{'' if r['paper_accuracy'] is None else r['paper_accuracy']}</td>"
+        f"<td>{r['f1']:.3f}</td><td>{r['roc_auc']:.3f}</td></tr>" for r in table)
+    sweep_rows = "".join(
+        f"<tr><td>{k}</td><td>{q if r else '—'}</td><td>{f'{r.accuracy:.2f} ± {r.ci95:.2f}' if r else 'too few images per class'}</td></tr>"
+        for k, q, r in sweep)
+    imgs = "".join(f'<figure><img src="{e(p.name)}" alt="{e(p.stem)}"><figcaption>{e(p.stem.replace("_", " "))}'
+                   f"</figcaption></figure>" for p in figures)
+    env = info.get("environment", {})
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>metassl report: {e(cfg.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}
+th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:.5em}}
+img{{max-width:520px;border:1px solid #ddd}}code{{background:#f6f6f6;padding:0 .3em}}</style></head><body>
+<h1>{e(cfg.name)}</h1>
+<p>{e(cfg.description)}</p>
+<p>Learner <code>{e(cfg.learner.name)}</code>, backbone <code>{e(cfg.model.backbone)}</code>, data set
+<code>{e(cfg.data.dataset)}</code> (train split <code>{e(cfg.data.train_split)}</code>), {info['step']} steps.
+Checkpoint <code>{e(info['checkpoint'])}</code>; torch {e(str(env.get('torch', '?')))} on
+{e(str(env.get('device_name', '?')))}. Written {datetime.now().isoformat(timespec='seconds')}.</p>
+<h2>Evaluation (mean ± 95% CI over episodes)</h2>
+<table><tr><th>split</th><th>protocol</th><th>episodes</th><th>accuracy (%)</th><th>paper (%)</th><th>macro F1</th>
+<th>ROC-AUC</th></tr>{rows}</table>
+<h2>Accuracy against shots</h2>
+<table><tr><th>shots</th><th>queries per class</th><th>accuracy (%)</th></tr>{sweep_rows}</table>
+<h2>Figures</h2>{imgs}
+</body></html>
+"""
