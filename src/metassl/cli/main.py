@@ -12,8 +12,8 @@ from pathlib import Path
 # errors users can fix get one clear line (plus the fix), not a traceback
 from ..config import ConfigError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError, KeyError,
-                                                 NotImplementedError, FloatingPointError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError,
+                                                 NotImplementedError, FloatingPointError, ImportError)
 
 
 def _data_root_arg(p: argparse.ArgumentParser) -> None:
@@ -171,6 +171,61 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(a: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from ..api import FewShotClassifier, list_image_files
+    from ..engine.atomic import atomic_write_text
+
+    if a.out and Path(a.out).exists() and not a.force:
+        raise FileExistsError(f"{a.out} exists; pass --force to overwrite it or choose another --out")
+    clf = FewShotClassifier.load(a.run, a.device or "cpu", a.which, a.classifier)
+    clf.fit_folder(a.support)
+    files = [f for q in a.query for f in list_image_files(q)]
+    missing = [str(f) for f in files if not f.exists()]
+    if not files or len(missing) == len(files):
+        raise FileNotFoundError(f"no query images found in {', '.join(a.query)}"
+                                + (f" (missing: {', '.join(missing[:3])})" if missing else ""))
+    rows = clf.predict_files(files)
+    if a.json:
+        text = json.dumps({"classes": clf.classes_, "predictions": [r.__dict__ for r in rows]}, indent=1,
+                          ensure_ascii=False) + "\n"
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "predicted", "probability", *[f"p({c})" for c in clf.classes_], "error"])
+        for r in rows:
+            w.writerow([r.path, r.label or "", "" if r.probability is None else f"{r.probability:.6f}",
+                        *[f"{r.probabilities[c]:.6f}" if r.probabilities else "" for c in clf.classes_],
+                        r.error or ""])
+        text = buf.getvalue()
+    if a.out:
+        atomic_write_text(a.out, text)
+        bad = sum(r.error is not None for r in rows)
+        print(f"wrote {len(rows)} rows to {a.out} ({len(rows) - bad} predicted, {bad} unreadable), "
+              f"classes: {', '.join(clf.classes_)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from ..export import export
+
+    out = export(a.run, a.format, a.out, a.which)
+    print(f"exported the encoder to {out} (input and preprocessing described in {out}.json)")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    r = write_report(a.run, a.data_root, a.episodes, a.device or "cpu", a.out)
+    print(f"report: {r.html} ({len(r.figures)} figures)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="metassl", description="Few-shot learning: meta-learning and "
                                  "self-supervised learning, vectorized over tasks.")
@@ -211,6 +266,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list config presets (or all config keys with --keys)")
     p.add_argument("--keys", action="store_true")
     p.set_defaults(fn=cmd_presets)
+
+    p = sub.add_parser("predict", help="adapt to a folder of labeled images and label new images")
+    p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("--support", required=True, help="folder with one sub-folder of labeled images per class")
+    p.add_argument("--query", required=True, nargs="+", help="a folder (searched recursively) or image files")
+    p.add_argument("--out", help="write the CSV (or JSON) here instead of standard output")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--json", action="store_true", help="JSON instead of CSV")
+    p.add_argument("--classifier", default="learner", choices=("learner", "logistic"),
+                   help="adapt as the learner does, or logistic regression on frozen features")
+    p.add_argument("--which", default="latest", choices=("latest", "best"))
+    p.add_argument("--device")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("export", help="export the encoder (with its preprocessing) to ONNX or TorchScript")
+    p.add_argument("run")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--out", help="output file (default: RUN/encoder.onnx or RUN/encoder.pt)")
+    p.add_argument("--which", default="latest", choices=("latest", "best"))
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("report", help="write RUN/report/report.html with figures")
+    p.add_argument("run")
+    p.add_argument("--episodes", type=int, help="episodes per evaluation (default: the run's eval.episodes)")
+    p.add_argument("--out", help="folder for the page and figures (default RUN/report)")
+    p.add_argument("--device")
+    _data_root_arg(p)
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("demo", help="train ProtoNet on Omniglot and report 5-way 1/5-shot test accuracy")
     p.add_argument("overrides", nargs="*")
