@@ -15,7 +15,8 @@ from metassl.engine.checkpoint import find_checkpoint, load_checkpoint
 TINY = ["data.dataset=digits", "data.train_split=train", "data.val_split=test", "data.test_split=test",
         "model.backbone=mlp", "model.hidden=[32,16]", "model.image_size=8", "tasks.ways=5", "tasks.shots=2",
         "tasks.queries=3", "tasks.tasks_per_batch=2", "eval.ways=3", "eval.shots=[1,5]", "eval.episodes=40",
-        "train.val_episodes=20", "train.progress=false", "train.tensorboard=true", "optim.lr=0.003"]
+        "train.val_episodes=20", "train.progress=false", "train.tensorboard=true", "optim.lr=0.003",
+        "train.report=false"]
 
 
 def run_cli(args, capsys):
@@ -27,10 +28,12 @@ def run_cli(args, capsys):
 def test_train_then_eval_json(tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = run_cli(["train", "omniglot/protonet_5w1s", *TINY, "train.steps=60", "train.val_every=30",
-                              "train.checkpoint_every=20", "--run-dir", str(run)], capsys)
+                              "train.checkpoint_every=20", "train.report=true", "train.report_episodes=10",
+                              "--run-dir", str(run)], capsys)
     assert code == 0, err
     files = {p.name for p in run.iterdir()}
-    assert {"config.yaml", "checkpoints", "metrics.jsonl", "tensorboard", "learning_curves.png"} <= files
+    assert {"config.yaml", "checkpoints", "metrics.jsonl", "tensorboard", "learning_curves.png", "report"} <= files
+    assert (run / "report" / "report.html").is_file() and "report:" in out
     assert (run / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((run / "tensorboard").iterdir())
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -25,7 +25,7 @@ def mnist_run(tmp_path_factory):
     ds = "mnist" if (SHARED_DATA / "mnist").exists() else "digits"
     args = ["train", "omniglot/protonet_5w1s", f"data.dataset={ds}", "data.train_split=train", "data.val_split=null",
             "data.test_split=test", "model.hidden=16", "tasks.ways=5", "tasks.shots=5", "tasks.queries=5",
-            "train.steps=80", "train.progress=false", "train.tensorboard=false", "optim.lr=0.003",
+            "train.steps=80", "train.progress=false", "train.tensorboard=false", "optim.lr=0.003", "train.report=false",
             "eval.ways=3", "eval.shots=[1,5]", "eval.episodes=30", "--run-dir", str(run)]
     if ds == "digits":
         args += ["model.depth=3"]
@@ -181,7 +181,7 @@ def test_every_registered_learner_adapts_and_predicts(learner, tmp_path):
         "model.backbone=conv4", "model.hidden=8", "model.depth=2", "model.track_running_stats=false",
         "tasks.ways=3", "tasks.shots=2",
         "tasks.queries=2", "tasks.batch_size=16", "train.steps=2", "train.progress=false",
-        "train.tensorboard=false", "optim.name=adam"]))
+        "train.tensorboard=false", "optim.name=adam", "train.report=false"]))
     train(cfg, tmp_path / "run")
     clf = FewShotClassifier.load(tmp_path / "run")
     split = load_dataset("digits", "test")

@@ -106,6 +106,8 @@ class TrainConfig:
     deterministic: bool = option(False, help="torch.use_deterministic_algorithms (slower)")
     channels_last: bool = option(True, help="NHWC memory layout for conv backbones (faster on CPU and GPU)")
     knn_every: int = option(0, range=(0, None), help="online kNN monitor every this many steps (0: off)")
+    report: bool = option(True, help="write RUN/report/report.html with figures when training ends")
+    report_episodes: int = option(100, range=(1, None), help="episodes per evaluation in the end-of-training report")
 
 
 @dataclass

@@ -75,6 +75,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device, self.dist)
         seed_everything(cfg.seed + self.dist.rank)
         root = data_root or cfg.data.root
+        self.data_root = root
         d = cfg.data
         self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device)
         self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device)
@@ -167,6 +168,16 @@ class Trainer:
         self.model.train(True)
         return {"accuracy": r.accuracy, "ci95": r.ci95, "protocol": p.tag, "f1": r.metrics["f1"]["mean"]}
 
+    def write_report(self) -> None:
+        """The run's HTML report; a failure here is reported but never loses the trained run."""
+        from ..report import write_report
+
+        try:
+            r = write_report(self.run_dir, self.data_root, self.cfg.train.report_episodes, str(self.device))
+            self.echo(f"report: {r.html}")
+        except Exception as e:  # noqa: BLE001 - the checkpoint is already safe; say what went wrong
+            self.echo(f"report not written ({type(e).__name__}: {e}); run `metassl report {self.run_dir}`")
+
     def run(self) -> TrainResult:
         cfg = self.cfg
         total = cfg.train.steps
@@ -214,6 +225,8 @@ class Trainer:
             self.save()  # e.g. train.steps=0: a checkpoint of the initialization
         if self.dist.is_main:
             plot_learning_curves(self.run_dir)
+            if cfg.train.report:
+                self.write_report()
         return TrainResult(self.run_dir, self.step, time.perf_counter() - t0, last, self.best_val, history)
 
 
