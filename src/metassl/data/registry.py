@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError
+from ..registry import Registry
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,23 +29,16 @@ class DatasetSpec:
     generic: bool = False
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("data set", "data.dataset")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    if spec.name in DATASETS:
-        raise ValueError(f"data set {spec.name!r} is registered twice")
-    DATASETS[spec.name] = spec
-    return spec
+    return DATASETS.add(spec.name, spec)
 
 
 def get_dataset(name: str) -> DatasetSpec:
     _import_builtin()
-    if name not in DATASETS:
-        close = difflib.get_close_matches(name, DATASETS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown data set {name!r}{hint} Known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    return DATASETS.lookup(name)
 
 
 def list_datasets() -> list[DatasetSpec]:

@@ -3,8 +3,7 @@ unsupervised sources (UMTRA, CACTUs, ...) register here the same way and feed an
 
 from __future__ import annotations
 
-from ..config import ConfigError
-import difflib
+from ..registry import Registry
 from typing import Any, Callable, Protocol
 
 import torch
@@ -16,15 +15,13 @@ class TaskSource(Protocol):
     def sample(self) -> TaskBatch: ...
 
 
-TASK_SOURCES: dict[str, Callable[[Any, ClassSplit, torch.Generator], TaskSource]] = {}
+TASK_SOURCES: Registry[Callable[..., TaskSource]] = Registry("task source", "tasks.source")
 
 
 def register_task_source(name: str):
+    """Class decorator: `factory(task_cfg, split, generator, config=RunConfig, device=...)` builds the source."""
     def deco(factory):
-        if name in TASK_SOURCES:
-            raise ValueError(f"task source {name!r} is registered twice")
-        TASK_SOURCES[name] = factory
-        return factory
+        return TASK_SOURCES.add(name, factory)
     return deco
 
 
@@ -32,12 +29,7 @@ def make_task_source(task_cfg: Any, split: ClassSplit, generator: torch.Generato
                      **extra: Any) -> TaskSource:
     """The source named by `tasks.source` (`auto`: the learner's default), built for `split`."""
     name = default if task_cfg.source == "auto" else task_cfg.source
-    if name not in TASK_SOURCES:
-        close = difflib.get_close_matches(name, TASK_SOURCES, n=2)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown task source {name!r} (config key tasks.source).{hint} "
-                          f"Known: auto, {', '.join(sorted(TASK_SOURCES))}")
-    return TASK_SOURCES[name](task_cfg, split, generator, **extra)
+    return TASK_SOURCES.lookup(name)(task_cfg, split, generator, **extra)
 
 
 @register_task_source("labeled")

@@ -13,8 +13,7 @@ and `loss` (the meta-training objective) defaults to cross-entropy of those logi
 
 from __future__ import annotations
 
-from ..config import ConfigError
-import difflib
+from ..registry import Registry
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -106,19 +105,12 @@ class LearnerSpec:
     default_source: str = "labeled"
 
 
-LEARNERS: dict[str, LearnerSpec] = {}
+LEARNERS: Registry[LearnerSpec] = Registry("learner", "learner.name")
 
 
 def register_learner(spec: LearnerSpec) -> LearnerSpec:
-    if spec.name in LEARNERS:
-        raise ValueError(f"learner {spec.name!r} is registered twice")
-    LEARNERS[spec.name] = spec
-    return spec
+    return LEARNERS.add(spec.name, spec)
 
 
 def get_learner(name: str) -> LearnerSpec:
-    if name not in LEARNERS:
-        close = difflib.get_close_matches(name, LEARNERS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown learner {name!r} (config key learner.name).{hint} Known: {', '.join(sorted(LEARNERS))}")
-    return LEARNERS[name]
+    return LEARNERS.lookup(name)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError
-import difflib
+from ..registry import Registry
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,23 +18,15 @@ class BackboneSpec:
     description: str = ""
 
 
-BACKBONES: dict[str, BackboneSpec] = {}
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", "model.backbone")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    if spec.name in BACKBONES:
-        raise ValueError(f"backbone {spec.name!r} is registered twice")
-    BACKBONES[spec.name] = spec
-    return spec
+    return BACKBONES.add(spec.name, spec)
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        close = difflib.get_close_matches(name, BACKBONES, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown backbone {name!r} (config key model.backbone).{hint} "
-                       f"Known: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name]
+    return BACKBONES.lookup(name)
 
 
 def build_backbone(config: Any, in_channels: int) -> nn.Module:
