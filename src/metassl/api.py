@@ -70,7 +70,7 @@ def to_uint8_image(image: ImageLike, image_shape: tuple[int, int, int], name: st
             arr = np.asarray(np.round(arr @ np.array([0.299, 0.587, 0.114])), dtype=np.uint8)[:, :, None]
         elif arr.shape[2] == 1 and c == 3:
             arr = np.repeat(arr, 3, axis=2)
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
     return resize_uint8(t, (h, w))[0]
 
 
