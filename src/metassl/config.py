@@ -89,6 +89,7 @@ class OptimConfig:
     gamma: float = option(0.5, range=(0.0, 1.0))
     warmup_steps: int = option(0, range=(0, None))
     grad_clip: float | None = option(None, range=(0.0, None), help="clip the global gradient norm; null: off")
+    lars_eta: float = option(0.001, range=(1e-6, 1.0), help="LARS trust coefficient (optim.name=lars)")
 
 
 @dataclass
@@ -124,8 +125,8 @@ class EvalConfig:
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "tasks": TaskConfig, "augment": AugmentConfig, "optim": OptimConfig,
                              "train": TrainConfig, "eval": EvalConfig}
-TOP_LEVEL = ("name", "seed", "output_dir", "description", "data", "tasks", "augment", "model", "learner", "optim",
-             "train", "eval")
+TOP_LEVEL = ("name", "seed", "output_dir", "description", "init_from", "data", "tasks", "augment", "model", "learner",
+             "optim", "train", "eval")
 
 
 @dataclass
@@ -134,6 +135,8 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     description: str = ""
+    # start the encoder from an earlier run or checkpoint (e.g. self-supervised pre-training); matched by name
+    init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -381,6 +384,8 @@ def resolve(data: dict[str, Any]) -> RunConfig:
     for k in ("name", "output_dir", "description"):
         if k in data:
             kwargs[k] = _coerce(data[k], str, k)
+    if data.get("init_from") is not None:
+        kwargs["init_from"] = _coerce(data["init_from"], str, "init_from")
     if "seed" in data:
         kwargs["seed"] = _coerce(data["seed"], int, "seed")
     for name, cls in SECTIONS.items():

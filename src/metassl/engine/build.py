@@ -77,6 +77,34 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
     return Model(cfg, learner, encoder, params, buffers, tuple(image_shape), preprocess)
 
 
+def init_encoder_from(model: Model, path: str | Path, prefix: str = "encoder.") -> dict[str, Any]:
+    """Copy the encoder tensors of another run or checkpoint into `model`, matched by name.
+
+    Every encoder tensor must match in name and shape; otherwise nothing is copied and the error lists the missing,
+    unexpected and mismatched names. Tensors outside the encoder (heads, learner state) are not transferred."""
+    folder = find_checkpoint(path)
+    tensors, state, _ = load_checkpoint(folder)
+    src = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+    dst = {k: v for k, v in model.state_tensors().items() if k.startswith(prefix)}
+    missing = sorted(set(dst) - set(src))
+    unexpected = sorted(set(src) - set(dst))
+    mismatched = [f"{k}: source {tuple(src[k].shape)} vs model {tuple(dst[k].shape)}"
+                  for k in sorted(set(src) & set(dst)) if src[k].shape != dst[k].shape]
+    if missing or unexpected or mismatched:
+        sb = state.get("config", {}).get("model", {})
+        raise CheckpointError(
+            f"init_from {folder}: its encoder does not fit this model (source model config {sb}, this model "
+            f"{model.config.model}).\n  missing in the source: {missing or 'none'}\n  unexpected in the source: "
+            f"{unexpected or 'none'}\n  shape mismatches: {mismatched or 'none'}\n"
+            f"Use the same model section as the source run, or start without init_from.")
+    with torch.no_grad():
+        for k, t in dst.items():
+            t.copy_(src[k])
+    skipped = sorted(k for k in tensors if not k.startswith(prefix))
+    return {"init_from": str(folder), "source_learner": state.get("learner"), "source_step": state.get("step"),
+            "copied": len(dst), "not_transferred": skipped}
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu", which: str = "latest") -> tuple[Model, dict]:
     """Rebuild a model from a run folder or checkpoint folder, without executing code from the files."""
     folder = find_checkpoint(path, which)
