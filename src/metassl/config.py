@@ -78,6 +78,14 @@ class AugmentConfig:
 
 
 @dataclass
+class AuxConfig:
+    """Self-supervised auxiliary losses added to any learner's meta-training loss (Gidaris et al. 2019)."""
+
+    rotation: float = option(0.0, range=(0.0, 100.0), help="weight of 4-way rotation prediction on episode images; "
+                             "0: off")
+
+
+@dataclass
 class OptimConfig:
     name: str = option("adam", choices=("adam", "adamw", "sgd", "lars"))
     lr: float = option(1e-3, range=(0.0, 10.0))
@@ -123,10 +131,10 @@ class EvalConfig:
                                      help="the paper's accuracy per protocol, e.g. {5w1s: 98.8}, for tables")
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "tasks": TaskConfig, "augment": AugmentConfig, "optim": OptimConfig,
-                             "train": TrainConfig, "eval": EvalConfig}
-TOP_LEVEL = ("name", "seed", "output_dir", "description", "init_from", "data", "tasks", "augment", "model", "learner",
-             "optim", "train", "eval")
+SECTIONS: dict[str, type] = {"data": DataConfig, "tasks": TaskConfig, "augment": AugmentConfig, "aux": AuxConfig,
+                             "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
+TOP_LEVEL = ("name", "seed", "output_dir", "description", "init_from", "data", "tasks", "augment", "aux", "model",
+             "learner", "optim", "train", "eval")
 
 
 @dataclass
@@ -140,6 +148,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
     model: Any = None  # the backbone's registered config class
     learner: Any = None  # the learner's registered config class
     optim: OptimConfig = field(default_factory=OptimConfig)
