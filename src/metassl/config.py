@@ -58,6 +58,10 @@ class TaskConfig:
     tasks_per_batch: int = option(1, range=(1, 100000), help="tasks per meta-batch (one optimizer step)")
     batch_size: int = option(256, range=(1, 1000000), help="images per step for sources of unlabeled images")
     views: int = option(2, range=(1, 64), help="augmented views per image for sources of unlabeled images")
+    embed_from: str | None = option(None, help="cactus: run or checkpoint whose encoder embeds the unlabeled images")
+    clusters: int = option(500, range=(2, 1000000), help="cactus: k-means clusters per partition")
+    partitions: int = option(1, range=(1, 1000), help="cactus: k-means partitions (each with random feature scaling)")
+    kmeans_iters: int = option(30, range=(1, 10000), help="cactus: Lloyd iterations per partition")
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""CACTUs task source (Hsu, Levine & Finn, "Unsupervised Learning via Meta-Learning", ICLR 2019): cluster the
+embeddings of unlabeled images, treat clusters as classes, and draw N-way K-shot tasks from them, for any learner.
+
+- Embeddings: the encoder of an earlier run (`tasks.embed_from`, e.g. a SimCLR run), applied once to every training
+  image with that run's recorded preprocessing, L2-normalized. Labels are never read.
+- Partitions: `tasks.partitions` k-means clusterings with `tasks.clusters` centres each; as in the paper, every
+  partition after the first clusters the embeddings with each dimension multiplied by a random scale (U(0, 1)), so
+  the partitions differ. k-means is Lloyd's algorithm on the device with k-means++ seeding, deterministic by the run
+  seed and partition index.
+- Tasks: each step picks one partition at random and draws the meta-batch's tasks from its clusters with at least
+  K + Q members, with the same vectorized sampler as labeled tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..config import ConfigError
+from .episodic import ClassSplit, TaskBatch, _draw
+from .task_sources import register_task_source
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Cluster assignments [M] of the rows of x [M, D]: k-means++ seeding, then Lloyd iterations."""
+    m = x.shape[0]
+    if k > m:
+        raise ConfigError(f"tasks.clusters={k} is more than the {m} images to cluster")
+    dev = x.device
+    first = torch.randint(m, (1,), generator=generator, device=dev)
+    centers = [x[first]]
+    d2 = torch.cdist(x, centers[0]).squeeze(1).pow(2)
+    for _ in range(1, k):  # k-means++: next centre with probability proportional to the squared distance
+        idx = torch.multinomial(d2.clamp_min(0) + 1e-12, 1, generator=generator)
+        centers.append(x[idx])
+        d2 = torch.minimum(d2, torch.cdist(x, x[idx]).squeeze(1).pow(2))
+    c = torch.cat(centers)
+    assign = torch.zeros(m, dtype=torch.long, device=dev)
+    for _ in range(iters):
+        assign = torch.cdist(x, c).argmin(1)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        empty = counts == 0
+        c = torch.where(empty.unsqueeze(1), c, sums / counts.clamp_min(1).unsqueeze(1))
+    return assign
+
+
+def embed_split(path: str, split: ClassSplit, device, batch: int = 1024) -> torch.Tensor:
+    from ..engine.build import load_model
+
+    model, _ = load_model(path, device)
+    if tuple(model.image_shape) != split.image_shape:
+        raise ConfigError(f"tasks.embed_from={path}: its encoder takes {tuple(model.image_shape)} images but "
+                          f"{split.name} has {split.image_shape}; use an encoder trained at this image size")
+    model.train(False)
+    out = []
+    with torch.no_grad():
+        for s in range(0, split.images.shape[0], batch):
+            x = model.preprocess(split.images[s:s + batch])
+            out.append(model.learner.embed(model.params, model.buffers, x).float())
+    return torch.nn.functional.normalize(torch.cat(out), dim=1)
+
+
+@register_task_source("cactus")
+class CACTUsTasks:
+    def __init__(self, cfg: Any, split: ClassSplit, generator: torch.Generator, config: Any = None,
+                 embeddings: torch.Tensor | None = None, **_: Any):
+        if embeddings is None:
+            if not cfg.embed_from:
+                raise ConfigError("tasks.source=cactus needs tasks.embed_from: a run or checkpoint whose encoder "
+                                  "embeds the unlabeled images (e.g. a SimCLR run)")
+            embeddings = embed_split(cfg.embed_from, split, split.device)
+        self.cfg, self.split, self.generator = cfg, split, generator
+        seed = (config.seed if config is not None else 0) * 7919
+        self.partitions = []  # (order [M] image indices grouped by cluster, counts [k], offsets [k])
+        for p in range(cfg.partitions):
+            g = torch.Generator(device=embeddings.device).manual_seed(seed + p)
+            z = embeddings
+            if p > 0:
+                z = z * torch.rand(z.shape[1], generator=g, device=z.device)
+            assign = kmeans(z, cfg.clusters, cfg.kmeans_iters, g)
+            order = torch.argsort(assign, stable=True)
+            counts = torch.bincount(assign, minlength=cfg.clusters)
+            self.partitions.append((order.to(split.device), counts.to(split.device),
+                                    (torch.cumsum(counts, 0) - counts).to(split.device)))
+        need = cfg.shots + cfg.queries
+        usable = min(int((c >= need).sum()) for _, c, _ in self.partitions)
+        if usable < cfg.ways:
+            raise ConfigError(f"tasks.source=cactus: only {usable} of {cfg.clusters} clusters have the "
+                              f"{need} images ({cfg.shots} shots + {cfg.queries} queries) a {cfg.ways}-way task "
+                              f"needs; use fewer tasks.clusters, ways, shots or queries")
+
+    def cluster_sizes(self) -> list[torch.Tensor]:
+        return [c for _, c, _ in self.partitions]
+
+    def sample(self) -> TaskBatch:
+        c = self.cfg
+        dev = self.split.device
+        p = int(torch.randint(len(self.partitions), (1,), generator=self.generator, device=dev))
+        order, counts, offsets = self.partitions[p]
+        classes, pos = _draw(counts, c.ways, c.shots + c.queries, c.tasks_per_batch, self.generator, dev)
+        flat = order[offsets[classes].unsqueeze(-1) + pos]  # [T, N, K+Q] image indices
+        t, n = classes.shape
+        labels = torch.arange(n, device=dev).view(1, n, 1)
+        s_idx, q_idx = flat[..., :c.shots].reshape(t, -1), flat[..., c.shots:].reshape(t, -1)
+        return TaskBatch(self.split.images[s_idx], labels.expand(t, n, c.shots).reshape(t, -1),
+                         self.split.images[q_idx], labels.expand(t, n, c.queries).reshape(t, -1), n, None)
