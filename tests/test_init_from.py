@@ -37,3 +37,16 @@ def test_mismatch_lists_keys_and_shapes(source_run, tmp_path, capsys):
                  f"init_from={source_run}", "--run-dir", str(tmp_path / "y")])
     err = capsys.readouterr().err
     assert code == 2 and "missing in the source: ['encoder.features." in err
+
+
+def test_train_fraction_keeps_a_seeded_subset_of_classes(tmp_path, capsys):
+    from metassl.config import apply_overrides, resolve
+    from metassl.engine.trainer import Trainer
+
+    def classes(seed):
+        cfg = resolve(apply_overrides({}, BASE + ["data.train_fraction=0.5", "train.steps=1", f"seed={seed}"]))
+        return Trainer(cfg, tmp_path / f"r{seed}").train_split.class_names
+
+    a, b, c = classes(0), classes(0), classes(1)
+    assert a == b and len(a) == 3 and set(a) <= {"0", "1", "2", "3", "4", "5"}
+    assert a != c or classes(2) != a  # another seed, another subset

@@ -44,6 +44,8 @@ class DataConfig:
     train_split: str = option("train")
     val_split: str | None = option("val", help="split for validation during training; null to skip")
     test_split: str = option("test")
+    train_fraction: float = option(1.0, range=(1e-6, 1.0), help="use this fraction of the training classes "
+                                   "(chosen by the run seed), e.g. 0.05 when labels exist for 5% of the classes")
 
 
 @dataclass
