@@ -69,7 +69,7 @@ install_wheels() {
   done
   [ "$cuda" = 1 ] || "$py" -m pip uninstall -q -y torchvision 2>/dev/null || true
   "$py" -m pip install -q --no-index --no-deps "${wheels[@]}"
-  (cd "$HERE" && "$py" -W ignore -c 'import l2l_worker; print("learn2learn", l2l_worker.import_learn2learn().__version__)')
+  (cd "$HERE" && "$py" -W ignore -c 'import maml_worker; print("learn2learn", maml_worker.import_learn2learn().__version__)')
 }
 
 case "$MODE" in

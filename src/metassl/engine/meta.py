@@ -7,7 +7,9 @@ The options come from the learner's config (`learner.tasks_per_chunk`, `learner.
 - Chunks: the meta-batch of T tasks is processed `tasks_per_chunk` tasks at a time; each chunk's loss (a mean over
   its tasks) is back-propagated scaled by its share of the tasks, so the accumulated gradient equals the unchunked
   one, for any chunk size (the last chunk may be smaller). Memory is bounded by the chunk, not the meta-batch.
-- Path: "vmap" runs the tasks of a chunk as one vectorized call, "loop" one task at a time. With `auto` the first
+- Path: "vmap" runs the tasks of a chunk as one vectorized call, "loop" one task at a time; without a chunk size,
+  the loop path back-propagates every task as soon as its loss is computed (as learn2learn does: only one task's
+  graph is alive, which also keeps a CPU's caches warm; the gradient is the same). With `auto` the first
   steps alternate between the two (a warm-up step each, then `trial_rounds` timed steps each; the gradients are the
   same either way, so training is unaffected) and the faster path is kept; the choice and the timings are reported
   through `info` (the trainer prints it and writes a `kind: info` row to metrics.jsonl).
@@ -67,6 +69,8 @@ class StepRunner:
     # -- one meta-batch -----------------------------------------------------------------------------------------
     def __call__(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward and backward (gradients accumulate into the params' .grad); returns the loss and metrics."""
+        if not isinstance(tasks, TaskBatch):  # e.g. the SSL learners' ViewBatch: one call, no chunks or paths
+            return self._run_whole(tasks)
         if not self.plan:
             return self._run(tasks)
         path = self.plan.pop(0)
@@ -110,9 +114,41 @@ class StepRunner:
                           f"continuing without it", {"event": "compile", "compile": False, "error": type(e).__name__})
         return self._chunks(tasks, self._loss)
 
+    def _whole_loss(self, params, buffers, batch):
+        return self.learner.loss(params, buffers, batch)
+
+    def _run_whole(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A batch that is not a TaskBatch (the self-supervised learners' ViewBatch): the learner's loss of the whole
+        batch under the same amp/compile options, then backward. Non-scalar aux entries (e.g. MoCo's keys for its
+        queue) are passed on detached, for `after_step`; the trainer logs only the scalars."""
+        if self.compiled is not None and not hasattr(self, "_compiled_whole"):
+            self._compiled_whole = torch.compile(self._whole_loss)
+        fn = getattr(self, "_compiled_whole", None) if self.compiled is not None else None
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        m = self.model
+        try:
+            with amp:
+                loss, aux = (fn or self._whole_loss)(m.params, m.buffers, batch)
+        except Exception as e:
+            if fn is None:
+                raise
+            self.compiled = None  # compilation problems surface at the first call: go on eagerly
+            self.info(f"learner.compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      f"continuing without it", {"event": "compile", "compile": False, "error": type(e).__name__})
+            with amp:
+                loss, aux = self._whole_loss(m.params, m.buffers, batch)
+        if loss.requires_grad:
+            loss.float().backward()
+        aux = {k: (v.detach().float() if v.dim() == 0 else v.detach()) if torch.is_tensor(v) else v
+               for k, v in aux.items()}
+        return loss.detach().float(), aux
+
     def _chunks(self, tasks: TaskBatch, loss_fn: Callable) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = tasks.num_tasks
-        parts = tasks.chunks(self.chunk) if self.chunk and self.chunk < total else [tasks]
+        chunk = self.chunk
+        if chunk is None and getattr(self.learner, "path", None) == "loop":
+            chunk = 1  # the loop path back-propagates each task at once: one task's graph alive, cache-warm
+        parts = tasks.chunks(chunk) if chunk and chunk < total else [tasks]
         amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext())
         loss_sum: torch.Tensor | None = None
         metrics: dict[str, torch.Tensor] = {}

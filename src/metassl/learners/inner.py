@@ -1,9 +1,10 @@
 """The inner loop shared by the gradient-based learners (MAML, first-order MAML, ANIL, Meta-SGD, Reptile).
 
 Everything here is a pure function of (params, buffers, support set): `inner_loop` takes a few gradient steps on the
-support loss with `torch.func.grad` and returns the adapted ("fast") weights. Because `torch.func.grad` composes
-with ordinary autograd, the meta-gradient of a query loss computed with the fast weights flows back through the
-inner steps into the meta-parameters (second order) unless `first_order` detaches the inner gradients.
+support loss with `torch.func.grad` (with `torch.autograd.grad` when it runs outside any functorch transform, i.e.
+in the per-task loop) and returns the adapted ("fast") weights. Because both compose with ordinary autograd, the
+meta-gradient of a query loss computed with the fast weights flows back through the inner steps into the
+meta-parameters (second order) unless `first_order` detaches the inner gradients.
 
 One task is one call; `map_tasks` runs a per-task function over the tasks of a batch either vectorized with
 `torch.func.vmap` (one batched kernel per layer: grouped convolutions, batched matmuls) or in a Python loop (one
@@ -63,6 +64,62 @@ class InnerLoopConfig:
     compile: bool = option(False, help="torch.compile the meta-batch loss (falls back to eager if it fails)")
 
 
+def _under_vmap() -> bool:
+    if torch.compiler.is_compiling():  # elementary ops: traceable (no graph break), and the compiler fuses them
+        return True
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+    except Exception:  # private API moved: the elementary ops are correct everywhere
+        return True
+
+
+class BatchStatNorm(nn.Module):
+    """BatchNorm that always normalizes with the statistics of its input batch; elementary tensor ops under vmap.
+
+    Why not `nn.BatchNorm*` itself: under `torch.func.vmap`, the batching rule of the fused batch-norm backward gives
+    wrong second-order gradients (MAML's meta-gradient off by ~1% on a tiny conv net; pytorch/functorch#534, and
+    pytorch/pytorch#196699 for batch_norm's second-order forward AD). Mean, variance and affine map from elementary ops
+    have exact batching rules and derivatives of any order. Outside vmap (the per-task loop) the fused kernel is
+    right and ~3x faster on a CPU, so it is used there. Same parameters (`weight`, `bias`), same names, same values as
+    BatchNorm in training mode (biased variance, `eps` inside the square root).
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.eps = bn.eps
+        self.num_features = bn.num_features
+        self.weight = bn.weight  # the same Parameter objects (or None without affine)
+        self.bias = bn.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _under_vmap():
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dims, keepdim=True)
+        centered = x - mean
+        var = (centered * centered).mean(dims, keepdim=True)
+        y = centered * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, batch statistics"
+
+
+def use_batch_statistics(module: nn.Module) -> None:
+    """Replace every BatchNorm without running statistics by an equivalent `BatchStatNorm` (same parameters)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not child.track_running_stats:
+            setattr(module, name, BatchStatNorm(child))
+        else:
+            use_batch_statistics(child)
+
+
 def check_no_running_stats(encoder: nn.Module, learner: str) -> None:
     """The inner loop needs BatchNorm without running statistics (pure, vmap-able, transductive as in MAML)."""
     for name, m in encoder.named_modules():
@@ -98,7 +155,7 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
     def support_loss(f: Tensors) -> torch.Tensor:
         return F.cross_entropy(forward({**fixed, **f}, buffers, support_x), support_y)
 
-    g_fn = grad(support_loss)
+    g_fn = _gradient_function(support_loss, create_graph=not first_order)
     if optimizer == "adam":
         if not first_order:
             raise ValueError("the Adam inner loop is first order only")
@@ -119,6 +176,35 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
         else:
             fast = {k: fast[k] - lr * g[k] for k in fast}
     return {**fixed, **fast}
+
+
+def _functorch_active() -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    try:
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        return bool(retrieve_all_functorch_interpreters())
+    except Exception:
+        return True
+
+
+def _gradient_function(loss_fn: Callable[[Tensors], torch.Tensor], create_graph: bool
+                       ) -> Callable[[Tensors], Tensors]:
+    """d loss_fn / d fast as a function of fast. Under vmap (or torch.compile) this is `torch.func.grad`; in plain
+    eager code (the per-task loop) it is `torch.autograd.grad`, the same math without functorch's per-operation
+    wrapping, with `create_graph` for the second-order meta-gradient."""
+    if _functorch_active():
+        return grad(loss_fn)
+
+    def g(fast: Tensors) -> Tensors:
+        with torch.enable_grad():  # evaluation runs the inner loop under no_grad as well
+            leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in fast.items()}
+            loss = loss_fn(leaves)
+            gs = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph, allow_unused=True)
+        return {k: torch.zeros_like(v) if gk is None else gk for (k, v), gk in zip(leaves.items(), gs)}
+
+    return g
 
 
 def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], batched: Sequence[Any], path: str) -> Any:
@@ -156,6 +242,7 @@ class GradientLearner(Learner):
     def __init__(self, config: Any, encoder: nn.Module):
         super().__init__(config, encoder)
         check_no_running_stats(encoder, config.name)
+        use_batch_statistics(encoder)  # exact second-order gradients under vmap (see BatchStatNorm)
         #: "vmap" or "loop"; the engine sets it ("auto" is resolved by timing, see metassl.engine.meta).
         #: Until then, "auto" means vmap on CUDA and the loop on CPU (measured faster there, see results/maml_speed.md)
         self.path = config.path
