@@ -83,7 +83,51 @@ def evaluate_run(run: str, dataset=None, split=None, ways=None, shots=None, quer
     return model, state, results
 
 
+def evaluate_frozen(run: str, protocol: str, dataset=None, split=None, train_split=None, data_root=None,
+                    which="latest", device=None, k=200, temperature=0.1, max_train=None, max_test=None, seed=None,
+                    weight_decay=1e-4):
+    """kNN or linear-probe accuracy of a run's frozen encoder: labeled `train_split` (default the run's
+    data.train_split) as memory bank / probe training set, `split` (default data.test_split) as test set."""
+    from ..data.registry import load_dataset
+    from ..engine.build import load_model
+    from ..engine.distributed import resolve_device
+    from ..eval.knn import knn_evaluate
+    from ..eval.linear import linear_evaluate
+
+    dev = resolve_device(device or "auto")
+    model, state = load_model(run, dev, which)
+    cfg = model.config
+    ds = dataset or cfg.data.dataset
+    size = model.image_shape[-1]
+    splits = [load_dataset(ds, s, data_root or cfg.data.root, size, dev)
+              for s in (train_split or cfg.data.train_split, split or cfg.data.test_split)]
+    for d in splits:
+        if d.image_shape != tuple(model.image_shape):
+            raise ValueError(f"{d.name} images are {d.image_shape} but the model was trained on "
+                             f"{tuple(model.image_shape)} images")
+    seed = 0 if seed is None else seed
+    if protocol == "knn":
+        r = knn_evaluate(model, splits[0], splits[1], ds, k, temperature, max_train, max_test, seed)
+    else:
+        r = linear_evaluate(model, splits[0], splits[1], ds, weight_decay, max_train=max_train, max_test=max_test,
+                            seed=seed)
+    return model, state, r
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
+    protocol = getattr(a, "protocol", "fewshot")
+    if protocol != "fewshot":  # kNN / linear probe on frozen features
+        model, state, r = evaluate_frozen(a.run, protocol, a.dataset, a.split, a.train_split, a.data_root, a.which,
+                                          a.device, a.k, a.temperature, a.max_train, a.max_test, a.seed,
+                                          a.weight_decay)
+        d = {**r.to_dict(), "checkpoint": state["checkpoint"], "learner": model.config.learner.name,
+             "step": state["step"]}
+        print(json.dumps(d, indent=1) if a.json else r.line())
+        if a.out:
+            from ..engine.atomic import atomic_write_text
+
+            atomic_write_text(a.out, json.dumps(d, indent=1) + "\n")
+        return 0
     model, state, results = evaluate_run(a.run, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed,
                                          a.data_root, a.which, a.device, a.batch_episodes, progress=not a.json)
     paper = model.config.eval.paper
@@ -241,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_root_arg(p)
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("eval", help="few-shot accuracy ± 95%% CI of a run or checkpoint")
+    p = sub.add_parser("eval", help="few-shot accuracy ± 95%% CI (or kNN / linear-probe accuracy) of a run or "
+                       "checkpoint")
     p.add_argument("run", help="run folder or checkpoint folder")
     p.add_argument("--dataset")
     p.add_argument("--split")
@@ -255,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
     p.add_argument("--json", action="store_true", help="print one JSON object with the metrics and protocol")
     p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--protocol", default="fewshot", choices=("fewshot", "knn", "linear"),
+                   help="fewshot: N-way K-shot episodes (default); knn: weighted kNN on frozen features (cosine, "
+                   "--k 200, --temperature 0.1) with the train split as memory bank; linear: logistic-regression "
+                   "probe on frozen features (full-batch L-BFGS)")
+    p.add_argument("--train-split", help="knn/linear: labeled split for the memory bank / probe (default: the run's "
+                   "data.train_split); --split is the test split")
+    p.add_argument("--k", type=int, default=200, help="knn: neighbours")
+    p.add_argument("--temperature", type=float, default=0.1, help="knn: vote weight exp(similarity / T)")
+    p.add_argument("--max-train", type=int, help="knn/linear: at most this many training images (fixed subset, "
+                   "--seed)")
+    p.add_argument("--max-test", type=int, help="knn/linear: at most this many test images")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="linear: L2 penalty of the probe")
     _data_root_arg(p)
     p.set_defaults(fn=cmd_eval)
 

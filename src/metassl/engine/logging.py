@@ -90,13 +90,21 @@ def plot_learning_curves(run_dir: Path, out: Path | None = None) -> Path | None:
     ax1.plot(steps, [r["loss"] for r in train], lw=1.2, color="tab:blue")
     ax1.set(xlabel="step", ylabel="training loss", title="Loss")
     ax1.grid(alpha=0.3)
-    ax2.plot(steps, [100 * r["accuracy"] for r in train], lw=1.2, color="tab:blue", label="train (episode)")
+    acc = [r for r in train if "accuracy" in r]  # self-supervised losses may have no accuracy
+    if acc:
+        ax2.plot([r["step"] for r in acc], [100 * r["accuracy"] for r in acc], lw=1.2, color="tab:blue",
+                 label="train (episode)")
+    knn = [r for r in rows if r.get("kind") == "knn" and "knn_top1" in r]
+    if knn:
+        ax2.plot([r["step"] for r in knn], [100 * r["knn_top1"] for r in knn], color="tab:green", marker="s", ms=3,
+                 label="kNN top-1 (test)")
     if val:
         ax2.errorbar([r["step"] for r in val], [r["accuracy"] for r in val], yerr=[r.get("ci95", 0) for r in val],
                      color="tab:orange", marker="o", ms=3, capsize=2, label="validation ± 95% CI")
     ax2.set(xlabel="step", ylabel="accuracy (%)", title="Accuracy")
     ax2.grid(alpha=0.3)
-    ax2.legend(loc="lower right")
+    if acc or knn or val:
+        ax2.legend(loc="lower right")
     fig.tight_layout()
     out = out or Path(run_dir) / "learning_curves.png"
     with atomic_write_path(out) as tmp:

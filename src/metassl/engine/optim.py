@@ -16,7 +16,57 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
-    raise ValueError(f"optim.name {cfg.name!r}: use adam, adamw or sgd")
+    if cfg.name == "lars":
+        return LARS(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                    trust_coefficient=getattr(cfg, "lars_eta", 0.001))
+    raise ValueError(f"optim.name {cfg.name!r}: use adam, adamw, sgd or lars")
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You, Gitman & Ginsburg 2017), as used by SimCLR, BYOL, Barlow Twins and VICReg: SGD with momentum in
+    which the update of each weight tensor is rescaled by the trust ratio eta * ||w|| / ||g + wd * w|| (1 when either
+    norm is 0). Biases and normalization parameters (tensors with fewer than 2 dimensions) are excluded from both
+    the weight decay and the adaptation, as is standard (`exclude_1d`). Per step and tensor:
+        g <- g + wd * w;  g <- trust * g;  buf <- momentum * buf + g;  w <- w - lr * buf  (nesterov: g + momentum * buf)
+    `trust_coefficient` (eta, `optim.lars_eta`) is 0.001 by default, as in the Barlow Twins / VICReg code and
+    lightly's LARS (solo-learn's CIFAR settings use 0.02).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 trust_coefficient: float = 0.001, nesterov: bool = False, exclude_1d: bool = True):
+        if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
+            raise ValueError("LARS: lr, momentum and weight_decay must be >= 0 and trust_coefficient > 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      trust_coefficient=trust_coefficient, nesterov=nesterov, exclude_1d=exclude_1d))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, wd, eta = group["lr"], group["momentum"], group["weight_decay"], group["trust_coefficient"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if not (group["exclude_1d"] and p.ndim < 2):
+                    if wd:
+                        g = g.add(p, alpha=wd)
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm.clamp_min(1e-30),
+                                        torch.ones_like(w_norm))
+                    g = g * trust
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = g.detach().clone()
+                else:
+                    buf.mul_(mom).add_(g)
+                p.add_(g.add(buf, alpha=mom) if group["nesterov"] else buf, alpha=-lr)
+        return loss
 
 
 def lr_factor(step: int, cfg, total_steps: int) -> float:

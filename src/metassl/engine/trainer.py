@@ -48,6 +48,14 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / f"{cfg.name.replace('/', '_')}-{stamp}"
 
 
+def class_fraction(split, fraction: float, seed: int):
+    """A random subset of the split's classes (at least 2), the same for a given seed."""
+    n = max(2, round(fraction * split.num_classes))
+    g = torch.Generator().manual_seed(seed + 104729)
+    keep = torch.randperm(split.num_classes, generator=g)[:n].sort().values
+    return split.subset(keep.to(split.device), name=split.name)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -78,10 +86,16 @@ class Trainer:
         self.data_root = root
         d = cfg.data
         self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device)
+        if d.train_fraction < 1.0:
+            self.train_split = class_fraction(self.train_split, d.train_fraction, cfg.seed)
+            echo(f"data.train_fraction={d.train_fraction}: training on {self.train_split.num_classes} classes "
+                 f"({self.train_split.images.shape[0]} images)")
         self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device)
                           if d.val_split and cfg.train.val_every else None)
         try:
-            check_task_shape(self.train_split, cfg.tasks.ways, cfg.tasks.shots, cfg.tasks.queries)
+            source = get_learner(cfg.learner.name).default_source if cfg.tasks.source == "auto" else cfg.tasks.source
+            if source == "labeled":  # unlabeled sources (views) need no N-way K-shot tasks from the training split
+                check_task_shape(self.train_split, cfg.tasks.ways, cfg.tasks.shots, cfg.tasks.queries)
             if self.val_split is not None:
                 check_task_shape(self.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries)
         except ValueError as e:
@@ -93,14 +107,34 @@ class Trainer:
         spec = get_learner(cfg.learner.name)
         self.source = make_task_source(cfg.tasks, self.train_split, self.generator, spec.default_source,
                                        config=cfg, device=self.device)
+        self.knn = None  # online kNN monitor (train.knn_every): memory bank from the train split, test-split queries
+        if cfg.train.knn_every:
+            from ..eval.knn import KNNMonitor
+
+            test = load_dataset(d.dataset, d.test_split, root, d.image_size, self.device)
+            try:
+                self.knn = KNNMonitor(self.model, self.train_split, test, self.preprocess, d.dataset)
+            except ValueError as e:
+                raise ConfigError(f"train.knn_every: {e}") from e
         self.step, self.best_val = 0, None
         self.param_names = list(self.model.params)
+        self.init_report = None
+        if cfg.init_from and not resume:
+            from .build import init_encoder_from
+
+            self.init_report = init_encoder_from(self.model, cfg.init_from)
+            r = self.init_report
+            self.echo(f"encoder initialized from {r['init_from']} ({r['source_learner']}, step {r['source_step']}): "
+                      f"{r['copied']} tensors; not transferred: {len(r['not_transferred'])} "
+                      f"({', '.join(r['not_transferred'][:4])}{'...' if len(r['not_transferred']) > 4 else ''})")
         if resume:
             self._resume()
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         self.logger = RunLogger(self.run_dir, self.dist, cfg.train.tensorboard, self.step if resume else None)
+        if self.init_report:
+            self.logger.log(0, {k: v for k, v in self.init_report.items() if k != "not_transferred"}, kind="info")
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -155,8 +189,12 @@ class Trainer:
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(list(self.model.params.values()), cfg.optim.grad_clip)
         self.optimizer.step()
+        with torch.no_grad():  # EMA targets, queues (self-supervised learners); a no-op for the others
+            self.model.learner.after_step(self.model.params, self.model.buffers, metrics, self.step, cfg.train.steps)
         self.step += 1
-        return {k: float(v) for k, v in metrics.items()} | {"lr": self.optimizer.param_groups[0]["lr"]}
+        scalars = {k: float(v) for k, v in metrics.items()  # aux tensors (e.g. MoCo's keys) are not logged
+                   if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.dim() == 0)}
+        return scalars | {"lr": self.optimizer.param_groups[0]["lr"]}
 
     def validate(self) -> dict[str, float]:
         cfg = self.cfg
@@ -196,15 +234,25 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == total:
-                    avg = {k: sum(w[k] for w in window) / len(window) for k in ("loss", "accuracy")}
+                    avg = {k: sum(w[k] for w in window) / len(window) for k in m  # accuracy: absent for SSL
+                           if k != "lr" and all(k in w for w in window)}
                     avg["lr"] = m["lr"]
                     avg["elapsed_s"] = round(time.perf_counter() - t0, 2)
                     self.logger.log(self.step, avg)
                     history.append({"step": self.step, **avg})
                     last = avg["loss"]
                     if bar is not None:
-                        bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{100 * avg['accuracy']:.1f}%")
+                        post = {"loss": f"{avg['loss']:.3f}"}
+                        if "accuracy" in avg:
+                            post["acc"] = f"{100 * avg['accuracy']:.1f}%"
+                        bar.set_postfix(**post)
                     window = []
+                if self.knn is not None and (self.step % cfg.train.knn_every == 0 or self.step == total):
+                    k = self.knn()
+                    self.logger.log(self.step, k, kind="knn")
+                    if bar is not None:
+                        bar.write(f"step {self.step}: kNN top-1 {100 * k['knn_top1']:.2f}% (k={k['k']}, "
+                                  f"{k['train_size']} memory / {k['test_size']} test images)")
                 if self.val_split is not None and cfg.train.val_every and (
                         self.step % cfg.train.val_every == 0 or self.step == total):
                     v = self.validate()

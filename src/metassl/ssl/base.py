@@ -1,0 +1,203 @@
+"""What the self-supervised learners share: heads as stateless shapes, momentum (EMA) target networks, the collapse
+monitor, and evaluation by nearest class mean on frozen encoder features.
+
+An SSL learner is a `Learner` (see `metassl.learners.base`) whose training batches are `ViewBatch`es (`tasks.source:
+views`, the default of every SSL method): `loss(params, buffers, views)` returns (loss, aux) where aux holds the
+scalar metrics to log and, for MoCo, tensors for `after_step` (the engine logs only the scalars). Its few-shot
+evaluation needs no training on the episode: `adapt` averages the frozen encoder's features of each class's support
+images (L2-normalized first with the default cosine distance) and `classify` scores queries by cosine similarity
+(x 10, i.e. temperature 0.1, which only sharpens the probabilities used for ROC-AUC) or negative squared Euclidean
+distance, so any SSL checkpoint evaluates with `metassl eval` few-shot episodes unchanged.
+
+Momentum targets (BYOL, MoCo): `learner.target.encoder.*` and `learner.target.projector.*` are buffers holding a
+copy of the online encoder and projector (parameters and BatchNorm statistics), created by `init_buffers`. The
+target's forward is `functional_call` of the same module shapes with those tensors (its BatchNorm statistics update
+in place, as a separate network's would); `after_step` moves the target parameters towards the online ones:
+target <- m target + (1 - m) online, one fused `torch._foreach_lerp_` over all tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..config import ConfigError, option
+from ..learners.base import ENCODER, Learner, sub
+from ..learners.protonet import prototypes, squared_euclidean
+from .losses import embedding_std
+
+Tensors = dict[str, torch.Tensor]
+TARGET = "learner.target."
+
+
+@dataclass
+class SSLConfig:
+    """Options every SSL learner has. `amp` and `compile` are read by the training engine (engine/meta.py), as for
+    the gradient-based meta-learners."""
+
+    name: str = "ssl"
+    eval_distance: str = option("cosine", choices=("cosine", "euclidean"),
+                                help="few-shot evaluation: nearest class mean of frozen encoder features by cosine "
+                                     "similarity or squared Euclidean distance")
+    amp: str = option("none", choices=("none", "bf16"),
+                      help="bf16 autocast of the forward pass (CUDA only; losses are computed in float32)")
+    compile: bool = option(False, help="torch.compile the loss (falls back to eager if compiling fails)")
+    collapse_threshold: float = option(0.05, range=(0.0, 1.0),
+                                       help="warn when embedding_std x sqrt(D) falls below this (1: perfectly "
+                                            "spread, 0: every image has the same embedding)")
+
+
+def fp32(x: torch.Tensor):
+    """A context in which autocast is off (the losses are computed in float32 even under bf16 autocast)."""
+    return torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else \
+        contextlib.nullcontext()
+
+
+def momentum_cosine(base: float, step: int, total_steps: int) -> float:
+    """BYOL's target decay: tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2, from `base` at k = 0 to 1 at k = K."""
+    k = min(max(step, 0), max(total_steps, 1))
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * k / max(total_steps, 1)) + 1.0) / 2.0
+
+
+class SSLLearner(Learner):
+    #: views per image the loss needs (None: any number >= 1)
+    views_required: int | None = 2
+    #: smallest batch the loss is defined for, and why
+    min_batch: int = 2
+    min_batch_reason: str = "the loss needs other images in the batch"
+    #: heads copied into the momentum target (BYOL, MoCo); empty: no target network
+    target_heads: tuple[str, ...] = ()
+
+    def __init__(self, config: Any, encoder: nn.Module):
+        super().__init__(config, encoder)
+        self.heads: dict[str, nn.Module] = {}
+        self.feature_dim: int | None = None
+        self._collapse_warned = False
+        self._z_dim = 1
+
+    # -- heads ----------------------------------------------------------------------------------------------------
+    def build_heads(self, feature_dim: int) -> dict[str, nn.Module]:
+        """The method's heads for encoder features of size `feature_dim` (name -> module)."""
+        return {}
+
+    def init_params(self, feature_dim: int, ways: int) -> Tensors:
+        self.feature_dim = feature_dim
+        self.heads = self.build_heads(feature_dim)
+        return {f"learner.{name}.{k}": v.detach().clone() for name, head in self.heads.items()
+                for k, v in head.named_parameters()}
+
+    def init_buffers(self, params: Tensors, buffers: Tensors) -> Tensors:
+        out = {f"learner.{name}.{k}": v.detach().clone() for name, head in self.heads.items()
+               for k, v in head.named_buffers()}
+        if self.target_heads:
+            prefixes = (ENCODER, *(f"learner.{h}." for h in self.target_heads))
+            for k, v in {**params, **buffers, **out}.items():
+                if k.startswith(prefixes):
+                    out[target_name(k)] = v.detach().clone()
+        return out
+
+    def head(self, name: str, tensors: Tensors, x: torch.Tensor, prefix: str = "learner.") -> torch.Tensor:
+        """Apply head `name` with the tensors under `prefix + name + '.'` (the online head by default)."""
+        return functional_call(self.heads[name], sub(tensors, f"{prefix}{name}."), (x,))
+
+    def encode(self, tensors: Tensors, prefix: str, images: torch.Tensor) -> torch.Tensor:
+        """The encoder with the tensors under `prefix` (`encoder.` online, `learner.target.encoder.` the target):
+        images [..., C, H, W] -> features [..., D]."""
+        lead = images.shape[:-3]
+        x = images.reshape(-1, *images.shape[-3:])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        z = functional_call(self.encoder, sub(tensors, prefix), (x,))
+        return z.reshape(*lead, z.shape[-1])
+
+    # -- checks and monitors ----------------------------------------------------------------------------------------
+    def check_batch(self, views: torch.Tensor) -> None:
+        name = self.config.name
+        if views.dim() != 5:
+            raise ConfigError(f"learner {name} trains on augmented views [V, B, C, H, W] (tasks.source: views), got "
+                              f"a batch of shape {tuple(views.shape)}")
+        v, b = views.shape[:2]
+        if self.views_required is not None and v != self.views_required:
+            raise ConfigError(f"learner {name} uses {self.views_required} views per image; set "
+                              f"tasks.views={self.views_required} (got {v})")
+        if b < self.min_batch:
+            raise ConfigError(f"learner {name} needs tasks.batch_size >= {self.min_batch} ({self.min_batch_reason}); "
+                              f"got {b}")
+
+    def monitor(self, z: torch.Tensor) -> torch.Tensor:
+        """embedding_std of the embeddings z [N, D] (see `losses.embedding_std`); remembers D for the warning."""
+        self._z_dim = z.shape[-1]
+        return embedding_std(z)
+
+    def after_step(self, params: Tensors, buffers: Tensors, aux: dict[str, Any], step: int, total_steps: int) -> None:
+        self.update_state(params, buffers, aux, step, total_steps)
+        self.check_collapse(aux, step)
+
+    def update_state(self, params: Tensors, buffers: Tensors, aux: dict[str, Any], step: int,
+                     total_steps: int) -> None:
+        """EMA targets, queues: overridden by BYOL and MoCo. `step` is the index (from 0) of the step just taken."""
+
+    def check_collapse(self, aux: dict[str, Any], step: int, every: int = 50) -> None:
+        """Warn (once) when the logged embedding_std shows the embeddings have collapsed; checked every `every`
+        steps so the check costs no device synchronization in between."""
+        std = aux.get("embedding_std")
+        if std is None or self._collapse_warned or step % every:
+            return
+        ratio = float(std) * math.sqrt(self._z_dim)
+        if ratio < self.config.collapse_threshold:
+            self._collapse_warned = True
+            warnings.warn(
+                f"learner {self.config.name}: the embeddings have collapsed at step {step}: embedding_std = "
+                f"{float(std):.2e} (std of L2-normalized embeddings; 1/sqrt(D) = {1 / math.sqrt(self._z_dim):.2e} "
+                f"when spread out, 0 when every image maps to the same vector). Lower optim.lr, check the "
+                f"augmentation (augment.*) and the method's settings.", RuntimeWarning, stacklevel=2)
+
+    # -- momentum targets ---------------------------------------------------------------------------------------
+    def target_pairs(self, params: Tensors, buffers: Tensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        targets, online = [], []
+        for k, v in params.items():
+            t = buffers.get(target_name(k))
+            if t is not None:
+                targets.append(t)
+                online.append(v.detach())
+        return targets, online
+
+    def ema_update(self, params: Tensors, buffers: Tensors, momentum: float) -> None:
+        """target <- momentum * target + (1 - momentum) * online, for every parameter with a target copy."""
+        targets, online = self.target_pairs(params, buffers)
+        if targets:
+            torch._foreach_lerp_(targets, online, 1.0 - momentum)
+
+    def target_forward(self, buffers: Tensors, views: torch.Tensor) -> torch.Tensor:
+        """The momentum target's projections of images [..., C, H, W] (no gradient)."""
+        with torch.no_grad():
+            h = self.encode(buffers, TARGET + ENCODER, views)
+            lead = h.shape[:-1]
+            z = self.head(self.target_heads[0], buffers, h.reshape(-1, h.shape[-1]), prefix=TARGET)
+        return z.reshape(*lead, z.shape[-1])
+
+    # -- few-shot evaluation on frozen features -----------------------------------------------------------------
+    def adapt(self, params, buffers, support_x, support_y, ways):
+        z = self.embed(params, buffers, support_x)
+        if self.config.eval_distance == "cosine":
+            z = F.normalize(z, dim=-1)
+        return prototypes(z, support_y, ways)
+
+    def classify(self, params, buffers, state, query_x):
+        q = self.embed(params, buffers, query_x)
+        if self.config.eval_distance == "cosine":
+            return 10.0 * (F.normalize(q, dim=-1) @ F.normalize(state, dim=-1).transpose(1, 2))
+        return -squared_euclidean(q, state)
+
+
+def target_name(online: str) -> str:
+    """`encoder.X` -> `learner.target.encoder.X`; `learner.projector.X` -> `learner.target.projector.X`."""
+    return TARGET + online.removeprefix("learner.")

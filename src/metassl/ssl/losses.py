@@ -1,0 +1,145 @@
+"""Self-supervised losses as plain functions of embeddings (usable without metassl's trainer).
+
+Every function computes in float32 (inputs under bf16 autocast are upcast) and raises ValueError with the reason
+when the batch cannot define the loss (e.g. one image for a contrastive loss).
+
+- `nt_xent_loss`      SimCLR (Chen et al. 2020), eq. 1, averaged over all 2B anchors (both directions).
+- `info_nce_loss`     MoCo (He et al. 2020; v2: Chen et al. 2020): positive key vs. a queue of negative keys.
+- `normalized_mse`    BYOL (Grill et al. 2020), eq. 2: ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z), target z detached.
+- `negative_cosine`   SimSiam (Chen & He 2021): D(p, z) = -cos(p, stopgrad(z)).
+- `barlow_twins_loss` Barlow Twins (Zbontar et al. 2021), eq. 1: sum_i (1 - C_ii)^2 + lambda sum_{i!=j} C_ij^2.
+- `vicreg_loss`       VICReg (Bardes et al. 2022): lambda s + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')].
+- `rotate4` / `rotation_loss`  RotNet (Gidaris et al. 2018): 4-way prediction of 0/90/180/270-degree rotations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["nt_xent_loss", "info_nce_loss", "normalized_mse", "negative_cosine", "barlow_twins_loss",
+           "vicreg_loss", "rotate4", "rotation_loss", "embedding_std"]
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's NT-Xent of two views [B, D]: each of the 2B embeddings is an anchor whose positive is the other view
+    of its image and whose negatives are the other 2B - 2 embeddings; cosine similarity / temperature, cross-entropy
+    averaged over all 2B anchors. Returns (loss, top-1 accuracy of finding the positive)."""
+    _need(z1.shape == z2.shape and z1.dim() == 2, f"nt_xent_loss: two [B, D] views expected, got {tuple(z1.shape)} "
+          f"and {tuple(z2.shape)}")
+    b = z1.shape[0]
+    _need(b >= 2, f"nt_xent_loss: a batch of {b} image has no negatives; the batch size must be >= 2")
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    sim = z @ z.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))  # no self-pairs
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    loss = F.cross_entropy(sim, target)
+    acc = (sim.argmax(1) == target).float().mean()
+    return loss, acc.detach()
+
+
+def info_nce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's InfoNCE: queries q [B, D] against their keys k [B, D] (positives; no gradient) and a queue [K, D] of
+    negative keys; all L2-normalized, logits / temperature, the positive at index 0. Returns (loss, accuracy)."""
+    _need(q.shape == k.shape and q.dim() == 2 and queue.dim() == 2 and queue.shape[1] == q.shape[1],
+          f"info_nce_loss: q, k [B, D] and queue [K, D] expected, got {tuple(q.shape)}, {tuple(k.shape)}, "
+          f"{tuple(queue.shape)}")
+    _need(queue.shape[0] >= 1, "info_nce_loss: the queue of negatives is empty")
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1).detach()
+    neg = F.normalize(queue.float(), dim=1).detach()
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ neg.t()], 1) / temperature
+    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    loss = F.cross_entropy(logits, target)
+    return loss, (logits.argmax(1) == 0).float().mean().detach()
+
+
+def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL: mean over the batch of ||p/||p|| - z/||z||||^2 = 2 - 2 cos(p, z); z (the target) gets no gradient."""
+    p = F.normalize(p.float(), dim=-1)
+    z = F.normalize(z.detach().float(), dim=-1)
+    return (p - z).pow(2).sum(-1).mean()
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, z) = -cos(p, stopgrad(z)), averaged over the batch."""
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
+
+
+def _standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Along the batch: (z - mean) / sqrt(var + eps), biased variance (BatchNorm without affine, as the authors' code)."""
+    mean = z.mean(0, keepdim=True)
+    var = z.var(0, unbiased=False, keepdim=True)
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    n = m.shape[0]
+    return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> tuple[torch.Tensor, dict]:
+    """Barlow Twins: C = Z1n^T Z2n / B with Z standardized along the batch; sum_i (1 - C_ii)^2 + lambda sum_{i!=j}
+    C_ij^2. Returns (loss, {"on_diag", "off_diag"})."""
+    _need(z1.shape == z2.shape and z1.dim() == 2, "barlow_twins_loss: two [B, D] views expected")
+    b = z1.shape[0]
+    _need(b >= 2, f"barlow_twins_loss: batch statistics need at least 2 images, got {b}")
+    c = _standardize(z1.float()).t() @ _standardize(z2.float()) / b
+    on = (torch.diagonal(c) - 1).pow(2).sum()
+    off = _off_diagonal(c).pow(2).sum()
+    return on + lambd * off, {"on_diag": on.detach(), "off_diag": off.detach()}
+
+
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, dict]:
+    """VICReg: invariance s = MSE(Z, Z') (mean over batch and dimensions); variance v(Z) = mean_j relu(gamma -
+    sqrt(Var(z_j) + eps)) (unbiased variance); covariance c(Z) = sum_{i!=j} Cov(Z)_ij^2 / D (Cov with B - 1).
+    Loss = sim_weight s + var_weight (v(Z) + v(Z')) / 2 + cov_weight (c(Z) + c(Z')), as the authors' code (which
+    averages the two variance terms). Returns (loss, {"invariance", "variance", "covariance"})."""
+    _need(z1.shape == z2.shape and z1.dim() == 2, "vicreg_loss: two [B, D] views expected")
+    b, d = z1.shape
+    _need(b >= 2, f"vicreg_loss: variance and covariance need at least 2 images, got {b}")
+    z1, z2 = z1.float(), z2.float()
+    inv = F.mse_loss(z1, z2)
+
+    def var_cov(z):
+        z = z - z.mean(0)
+        std = torch.sqrt(z.pow(2).sum(0) / (b - 1) + eps)
+        cov = z.t() @ z / (b - 1)
+        return F.relu(gamma - std).mean(), _off_diagonal(cov).pow(2).sum() / d
+
+    v1, c1 = var_cov(z1)
+    v2, c2 = var_cov(z2)
+    var = (v1 + v2) / 2
+    cov = c1 + c2
+    loss = sim_weight * inv + var_weight * var + cov_weight * cov
+    return loss, {"invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach()}
+
+
+def rotate4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [B, C, H, W] (square) -> the four rotations [4B, C, H, W] (all images by 0 degrees, then by 90, 180,
+    270 degrees counter-clockwise, `torch.rot90` on (H, W)) and their labels [4B] in 0..3."""
+    _need(x.dim() == 4 and x.shape[-1] == x.shape[-2], f"rotate4: square images [B, C, H, W] expected, got "
+          f"{tuple(x.shape)}")
+    rot = torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])
+    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    return rot, labels
+
+
+def rotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the 4-way rotation logits [N, 4]; returns (loss, accuracy)."""
+    logits = logits.float()
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean().detach()
+
+
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor (SimSiam, section 4.1): the std over the batch of the L2-normalized embeddings, averaged over
+    dimensions. About 1/sqrt(D) for well-spread embeddings, 0 when every image maps to the same vector."""
+    z = F.normalize(z.detach().float(), dim=1)
+    return z.std(0, unbiased=False).mean()

@@ -1,0 +1,54 @@
+"""VICReg (Bardes, Ponce & LeCun, "VICReg: Variance-Invariance-Covariance Regularization for Self-Supervised
+Learning", ICLR 2022).
+
+Expander (3 linear layers of 8192 in the paper) outputs Z, Z' of the two views; L = lambda s(Z, Z') + mu [v(Z) +
+v(Z')] / 2 + nu [c(Z) + c(Z')] with the invariance s = MSE, the variance hinge v = mean_j relu(1 - std(z_j)) and the
+covariance c = sum of squared off-diagonal covariances / D; lambda = mu = 25, nu = 1 (see `losses.vicreg_loss`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import option
+from ..learners.base import LearnerSpec, register_learner
+from .base import SSLConfig, SSLLearner, fp32
+from .heads import MLPHead, mlp_dims
+from .losses import vicreg_loss
+
+
+@dataclass
+class VICRegConfig(SSLConfig):
+    name: str = "vicreg"
+    sim_weight: float = option(25.0, range=(0.0, None), help="lambda: invariance (MSE) weight")
+    var_weight: float = option(25.0, range=(0.0, None), help="mu: variance hinge weight")
+    cov_weight: float = option(1.0, range=(0.0, None), help="nu: covariance weight")
+    proj_hidden: int = option(8192, range=(1, None))
+    proj_dim: int = option(8192, range=(1, None))
+    proj_layers: int = option(3, range=(1, 8))
+
+
+class VICReg(SSLLearner):
+    min_batch_reason = "the variance and covariance terms are statistics over the batch"
+
+    def build_heads(self, feature_dim):
+        c = self.config
+        return {"projector": MLPHead(mlp_dims(feature_dim, c.proj_hidden, c.proj_dim, c.proj_layers))}
+
+    def loss(self, params, buffers, batch):
+        views = batch.views
+        self.check_batch(views)
+        v, b = views.shape[:2]
+        h = self.embed(params, buffers, views).reshape(v * b, -1)
+        z = self.head("projector", {**params, **buffers}, h).reshape(v, b, -1)
+        c = self.config
+        with fp32(z):
+            loss, terms = vicreg_loss(z[0], z[1], c.sim_weight, c.var_weight, c.cov_weight)
+        return loss, {"loss": loss.detach(), **terms, "embedding_std": self.monitor(z[0])}
+
+
+register_learner(LearnerSpec(
+    "vicreg", VICRegConfig, lambda cfg, enc: VICReg(cfg, enc),
+    "variance-invariance-covariance regularization of the two views' expander outputs",
+    "Bardes et al., VICReg: Variance-Invariance-Covariance Regularization for Self-Supervised Learning, ICLR 2022",
+    default_source="views"))
