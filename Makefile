@@ -13,7 +13,7 @@ demo: setup
 	$(VENV)/bin/metassl demo
 
 test: setup
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -p no:cacheprovider
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_sampling.py

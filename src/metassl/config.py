@@ -352,7 +352,8 @@ def find_config(name_or_path: str) -> Path:
 def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        # an empty mapping in the child replaces the base's (e.g. `paper: {}` drops inherited reference numbers)
+        out[k] = merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 
