@@ -9,10 +9,12 @@ export METASSL_DATA := $(or $(DATA),$(METASSL_DATA))
 setup:
 	@bash scripts/setup_env.sh
 
-demo: setup
+demo:
+	@EXTRAS= bash scripts/setup_env.sh
 	$(VENV)/bin/metassl demo
 
-test: setup
+test:
+	@EXTRAS=test bash scripts/setup_env.sh
 	$(VENV)/bin/python -m pytest -p no:cacheprovider
 
 bench: setup

@@ -23,7 +23,11 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-if ! "${PIP[@]}" install -e ".[test]" > "$VENV/pip-install.log" 2>&1; then
+# EXTRAS: optional dependency groups ("test" for the test suite; empty for the demo)
+EXTRAS=${EXTRAS-test}
+TARGET="."
+[ -n "$EXTRAS" ] && TARGET=".[$EXTRAS]"
+if ! "${PIP[@]}" install -e "$TARGET" > "$VENV/pip-install.log" 2>&1; then
   grep -v "^WARNING: Location" "$VENV/pip-install.log" >&2
   echo "setup: pip install failed (log: $VENV/pip-install.log)" >&2
   exit 1

@@ -211,7 +211,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         ref = cfg.eval.paper.get(r.protocol.tag)
         ref_s = f"   paper (full training): {ref}" if ref else ""
         print(f"  {r.protocol.ways}-way {r.protocol.shots}-shot: {r.accuracy:.2f} ± {r.ci95:.2f}%{ref_s}")
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Evaluate again with: metassl eval {run_dir} --episodes 600")
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Next:\n  metassl eval {run_dir} --shots 1 5 --episodes 600"
+          f"    # evaluate again (any protocol)\n  metassl report {run_dir}    # HTML page with figures\n"
+          f"  metassl predict {run_dir} --support MY_SUPPORT_DIR --query MY_IMAGES    # your own images")
     return 0
 
 
