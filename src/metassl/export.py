@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .engine.atomic import atomic_write_path, atomic_write_text
 from .engine.build import Model, load_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from ..registry import Registry
 from .episodic import ClassSplit
 from .root import resolve_data_root
 

@@ -3,11 +3,11 @@ unsupervised sources (UMTRA, CACTUs, ...) register here the same way and feed an
 
 from __future__ import annotations
 
-from ..registry import Registry
 from typing import Any, Callable, Protocol
 
 import torch
 
+from ..registry import Registry
 from .episodic import ClassSplit, TaskBatch, check_task_shape, sample_tasks
 
 

@@ -13,7 +13,6 @@ and `loss` (the meta-training objective) defaults to cross-entropy of those logi
 
 from __future__ import annotations
 
-from ..registry import Registry
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..data.episodic import TaskBatch
+from ..registry import Registry
 
 Tensors = dict[str, torch.Tensor]
 ENCODER = "encoder."

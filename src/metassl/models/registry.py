@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
