@@ -52,7 +52,7 @@ def to_uint8_image(image: ImageLike, image_shape: tuple[int, int, int], name: st
     elif hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
         arr = _pil_to_array(image, c)
     else:
-        t = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image)
+        t = torch.as_tensor(np.array(image) if not torch.is_tensor(image) else image)
         if t.dim() == 2:
             t = t[None]
         if t.dim() != 3:
