@@ -18,6 +18,15 @@ from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 Tensors = dict[str, torch.Tensor]
 
 
+def tensor_mismatch(source: Tensors, target: Tensors) -> tuple[list[str], list[str], list[str]]:
+    """(names missing in source, names unexpected in source, 'name: source shape vs target shape' mismatches)."""
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    shapes = [f"{k}: source {tuple(source[k].shape)} vs model {tuple(target[k].shape)}"
+              for k in sorted(set(source) & set(target)) if source[k].shape != target[k].shape]
+    return missing, unexpected, shapes
+
+
 @dataclass
 class Model:
     """A learner with the tensors it works on. `params` are leaf tensors the optimizer updates."""
@@ -42,10 +51,7 @@ class Model:
     def load_tensors(self, tensors: Tensors, source: str) -> None:
         """Copy saved tensors in place; any missing or unexpected name is reported, nothing is half-loaded."""
         mine = self.state_tensors()
-        missing = sorted(set(mine) - set(tensors))
-        unexpected = sorted(set(tensors) - set(mine))
-        bad_shape = [f"{k}: saved {tuple(tensors[k].shape)}, model {tuple(mine[k].shape)}"
-                     for k in mine if k in tensors and tensors[k].shape != mine[k].shape]
+        missing, unexpected, bad_shape = tensor_mismatch(tensors, mine)
         if missing or unexpected or bad_shape:
             raise CheckpointError(
                 f"{source} does not match the model built from its config: "
@@ -90,10 +96,7 @@ def init_encoder_from(model: Model, path: str | Path, prefix: str = "encoder.") 
     tensors, state, _ = load_checkpoint(folder)
     src = {k: v for k, v in tensors.items() if k.startswith(prefix)}
     dst = {k: v for k, v in model.state_tensors().items() if k.startswith(prefix)}
-    missing = sorted(set(dst) - set(src))
-    unexpected = sorted(set(src) - set(dst))
-    mismatched = [f"{k}: source {tuple(src[k].shape)} vs model {tuple(dst[k].shape)}"
-                  for k in sorted(set(src) & set(dst)) if src[k].shape != dst[k].shape]
+    missing, unexpected, mismatched = tensor_mismatch(src, dst)
     if missing or unexpected or mismatched:
         sb = state.get("config", {}).get("model", {})
         raise CheckpointError(

@@ -108,29 +108,36 @@ def _labels_of(split: ClassSplit, idx: torch.Tensor | None) -> tuple[torch.Tenso
     return split.images[idx], labels[idx]
 
 
+def frozen_features(model: Any, train: ClassSplit, test: ClassSplit, max_train: int | None, max_test: int | None,
+                    seed: int, preprocess: Preprocess | None, batch_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frozen-encoder features and labels of (subsampled) train and test images: f_train, y_train, f_test, y_test."""
+    prep = preprocess or model.preprocess or train.preprocess
+    tr_x, tr_y = _labels_of(train, subsample(train.images.shape[0], max_train, seed))
+    te_x, te_y = _labels_of(test, subsample(test.images.shape[0], max_test, seed + 1))
+    return (extract_features(model, tr_x, prep, batch_size), tr_y, extract_features(model, te_x, prep, batch_size),
+            te_y)
+
+
 def knn_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: str, k: int = 200,
                  temperature: float = 0.1, max_train: int | None = None, max_test: int | None = None, seed: int = 0,
                  preprocess: Preprocess | None = None, batch_size: int = 512) -> KNNResult:
     """kNN top-1 accuracy of `model`'s frozen features: memory bank `train`, queries `test` (see the module doc)."""
     check_label_splits(train, test)
     t0 = time.perf_counter()
-    prep = preprocess or model.preprocess or train.preprocess
-    tr_idx = subsample(train.images.shape[0], max_train, seed)
-    te_idx = subsample(test.images.shape[0], max_test, seed + 1)
-    tr_x, tr_y = _labels_of(train, tr_idx)
-    te_x, te_y = _labels_of(test, te_idx)
-    bank = extract_features(model, tr_x, prep, batch_size)
-    queries = extract_features(model, te_x, prep, batch_size)
+    bank, tr_y, queries, te_y = frozen_features(model, train, test, max_train, max_test, seed, preprocess,
+                                                batch_size)
     pred = knn_predict(bank, tr_y, queries, train.num_classes, k, temperature)
     correct = (pred == te_y.to(pred.device)).float()
     per_class = [100.0 * float(correct[te_y.to(pred.device) == c].mean()) if bool((te_y == c).any()) else float("nan")
                  for c in range(train.num_classes)]
-    protocol = {"name": "knn", "k": k, "k_used": min(k, tr_x.shape[0]), "temperature": temperature,
+    protocol = {"name": "knn", "k": k, "k_used": min(k, bank.shape[0]), "temperature": temperature,
                 "similarity": "cosine", "weights": "exp(similarity / temperature)", "dataset": dataset,
                 "train_split": train.name.split("/")[-1], "test_split": test.name.split("/")[-1],
-                "train_size": int(tr_x.shape[0]), "test_size": int(te_x.shape[0]),
+                "train_size": int(bank.shape[0]), "test_size": int(queries.shape[0]),
                 "train_total": int(train.images.shape[0]), "test_total": int(test.images.shape[0]),
-                "subsample_seed": seed if (tr_idx is not None or te_idx is not None) else None,
+                "subsample_seed": seed if (bank.shape[0] < train.images.shape[0] or queries.shape[0] < test.images.shape[0])
+                else None,
                 "classes": train.num_classes,
                 "features": "encoder output before any projection head; eval mode; no augmentation"}
     return KNNResult(100.0 * float(correct.mean()), protocol, time.perf_counter() - t0, per_class)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.episodic import ClassSplit, Preprocess
-from .knn import _labels_of, check_label_splits, extract_features, subsample
+from .knn import check_label_splits, frozen_features
 
 __all__ = ["fit_linear_probe", "linear_evaluate", "LinearResult"]
 
@@ -79,22 +79,17 @@ def linear_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: st
                     preprocess: Preprocess | None = None, batch_size: int = 512) -> LinearResult:
     check_label_splits(train, test, "linear-probe")
     t0 = time.perf_counter()
-    prep = preprocess or model.preprocess or train.preprocess
-    tr_idx = subsample(train.images.shape[0], max_train, seed)
-    te_idx = subsample(test.images.shape[0], max_test, seed + 1)
-    tr_x, tr_y = _labels_of(train, tr_idx)
-    te_x, te_y = _labels_of(test, te_idx)
-    f_tr = extract_features(model, tr_x, prep, batch_size)
-    f_te = extract_features(model, te_x, prep, batch_size)
+    f_tr, tr_y, f_te, te_y = frozen_features(model, train, test, max_train, max_test, seed, preprocess, batch_size)
     probe = fit_linear_probe(f_tr, tr_y, train.num_classes, weight_decay, max_iter)
     acc = 100.0 * float((predict_linear(f_te, probe) == te_y.to(f_te.device)).float().mean())
     tr_acc = 100.0 * float((predict_linear(f_tr, probe) == tr_y.to(f_tr.device)).float().mean())
     protocol = {"name": "linear", "classifier": "multinomial logistic regression, full-batch L-BFGS",
                 "weight_decay": weight_decay, "max_iter": max_iter, "standardize": True, "dataset": dataset,
                 "train_split": train.name.split("/")[-1], "test_split": test.name.split("/")[-1],
-                "train_size": int(tr_x.shape[0]), "test_size": int(te_x.shape[0]),
+                "train_size": int(f_tr.shape[0]), "test_size": int(f_te.shape[0]),
                 "train_total": int(train.images.shape[0]), "test_total": int(test.images.shape[0]),
-                "subsample_seed": seed if (tr_idx is not None or te_idx is not None) else None,
+                "subsample_seed": seed if (f_tr.shape[0] < train.images.shape[0] or f_te.shape[0] < test.images.shape[0])
+                else None,
                 "classes": train.num_classes,
                 "features": "encoder output before any projection head; eval mode; no augmentation"}
     return LinearResult(acc, tr_acc, protocol, time.perf_counter() - t0)

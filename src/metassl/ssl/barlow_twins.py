@@ -34,11 +34,7 @@ class BarlowTwins(SSLLearner):
         return {"projector": MLPHead(mlp_dims(feature_dim, c.proj_hidden, c.proj_dim, c.proj_layers))}
 
     def loss(self, params, buffers, batch):
-        views = batch.views
-        self.check_batch(views)
-        v, b = views.shape[:2]
-        h = self.embed(params, buffers, views).reshape(v * b, -1)
-        z = self.head("projector", {**params, **buffers}, h).reshape(v, b, -1)
+        (z,) = self.project_views(params, buffers, batch)
         with fp32(z):
             loss, terms = barlow_twins_loss(z[0], z[1], self.config.lambd)
         return loss, {"loss": loss.detach(), **terms, "embedding_std": self.monitor(z[0])}

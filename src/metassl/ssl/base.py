@@ -104,6 +104,21 @@ class SSLLearner(Learner):
                     out[target_name(k)] = v.detach().clone()
         return out
 
+    def project_views(self, params: Tensors, buffers: Tensors, batch: Any, *heads: str
+                      ) -> tuple[torch.Tensor, ...]:
+        """Check the view batch, embed every view in one encoder call and apply `heads` in turn (default: the
+        projector): returns the output of each head, reshaped to [V, B, ...]."""
+        views = batch.views
+        self.check_batch(views)
+        v, b = views.shape[:2]
+        tensors = {**params, **buffers}
+        x = self.embed(params, buffers, views).reshape(v * b, -1)
+        outs = []
+        for name in heads or ("projector",):
+            x = self.head(name, tensors, x)
+            outs.append(x.reshape(v, b, -1))
+        return tuple(outs)
+
     def head(self, name: str, tensors: Tensors, x: torch.Tensor, prefix: str = "learner.") -> torch.Tensor:
         """Apply head `name` with the tensors under `prefix + name + '.'` (the online head by default)."""
         return functional_call(self.heads[name], sub(tensors, f"{prefix}{name}."), (x,))

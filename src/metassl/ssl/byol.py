@@ -43,17 +43,11 @@ class BYOL(SSLLearner):
                 "predictor": MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim])}
 
     def loss(self, params, buffers, batch):
-        views = batch.views
-        self.check_batch(views)
-        v, b = views.shape[:2]
-        tensors = {**params, **buffers}
-        h = self.embed(params, buffers, views).reshape(v * b, -1)
-        z = self.head("projector", tensors, h)
-        p = self.head("predictor", tensors, z).reshape(v, b, -1)
-        zt = self.target_forward(buffers, views)  # [2, B, P], no gradient
+        z, p = self.project_views(params, buffers, batch, "projector", "predictor")
+        zt = self.target_forward(buffers, batch.views)  # [2, B, P], no gradient
         with fp32(p):
             loss = normalized_mse(p[0], zt[1]) + normalized_mse(p[1], zt[0])
-        return loss, {"loss": loss.detach(), "embedding_std": self.monitor(z[:b])}
+        return loss, {"loss": loss.detach(), "embedding_std": self.monitor(z[0])}
 
     def update_state(self, params, buffers, aux, step, total_steps):
         self.ema_update(params, buffers, momentum_cosine(self.config.tau_base, step, total_steps))

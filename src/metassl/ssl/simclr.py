@@ -35,12 +35,7 @@ class SimCLR(SSLLearner):
         return {"projector": MLPHead(mlp_dims(feature_dim, c.proj_hidden, c.proj_dim, c.proj_layers))}
 
     def loss(self, params, buffers, batch):
-        views = batch.views
-        self.check_batch(views)
-        v, b = views.shape[:2]
-        tensors = {**params, **buffers}
-        h = self.embed(params, buffers, views).reshape(v * b, -1)
-        z = self.head("projector", tensors, h).reshape(v, b, -1)
+        (z,) = self.project_views(params, buffers, batch)
         with fp32(z):
             loss, acc = nt_xent_loss(z[0], z[1], self.config.temperature)
         return loss, {"loss": loss.detach(), "contrastive_acc": acc, "embedding_std": self.monitor(z[0])}

@@ -36,14 +36,7 @@ class SimSiam(SSLLearner):
                 "predictor": MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim])}
 
     def loss(self, params, buffers, batch):
-        views = batch.views
-        self.check_batch(views)
-        v, b = views.shape[:2]
-        tensors = {**params, **buffers}
-        h = self.embed(params, buffers, views).reshape(v * b, -1)
-        z = self.head("projector", tensors, h)
-        p = self.head("predictor", tensors, z)
-        z, p = z.reshape(v, b, -1), p.reshape(v, b, -1)
+        z, p = self.project_views(params, buffers, batch, "projector", "predictor")
         with fp32(p):
             loss = 0.5 * negative_cosine(p[0], z[1]) + 0.5 * negative_cosine(p[1], z[0])
         return loss, {"loss": loss.detach(), "embedding_std": self.monitor(z[0])}
