@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from ..config import option
 from ..learners.base import LearnerSpec, register_learner
 from .base import SSLConfig, SSLLearner, fp32
-from .heads import MLPHead, mlp_dims
 from .losses import barlow_twins_loss
 
 
@@ -28,10 +27,6 @@ class BarlowTwinsConfig(SSLConfig):
 
 class BarlowTwins(SSLLearner):
     min_batch_reason = "the cross-correlation standardizes each dimension over the batch"
-
-    def build_heads(self, feature_dim):
-        c = self.config
-        return {"projector": MLPHead(mlp_dims(feature_dim, c.proj_hidden, c.proj_dim, c.proj_layers))}
 
     def loss(self, params, buffers, batch):
         (z,) = self.project_views(params, buffers, batch)

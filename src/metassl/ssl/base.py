@@ -32,6 +32,7 @@ from torch.func import functional_call
 from ..config import ConfigError, option
 from ..learners.base import ENCODER, Learner, sub
 from ..learners.protonet import prototypes, squared_euclidean
+from .heads import MLPHead, mlp_dims
 from .losses import embedding_std
 
 Tensors = dict[str, torch.Tensor]
@@ -85,8 +86,12 @@ class SSLLearner(Learner):
 
     # -- heads ----------------------------------------------------------------------------------------------------
     def build_heads(self, feature_dim: int) -> dict[str, nn.Module]:
-        """The method's heads for encoder features of size `feature_dim` (name -> module)."""
-        return {}
+        """The method's heads for encoder features of size `feature_dim` (name -> module). Default: the projection
+        MLP of the config's `proj_hidden`/`proj_dim`/`proj_layers` (SimCLR, Barlow Twins, VICReg), else none."""
+        c = self.config
+        if not hasattr(c, "proj_dim"):
+            return {}
+        return {"projector": MLPHead(mlp_dims(feature_dim, c.proj_hidden, c.proj_dim, c.proj_layers))}
 
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
         self.feature_dim = feature_dim

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from ..config import option
 from ..learners.base import LearnerSpec, register_learner
 from .base import SSLConfig, SSLLearner, fp32
-from .heads import MLPHead, mlp_dims
 from .losses import nt_xent_loss
 
 
@@ -29,10 +28,6 @@ class SimCLRConfig(SSLConfig):
 
 class SimCLR(SSLLearner):
     min_batch_reason = "NT-Xent contrasts each image with the other images of the batch"
-
-    def build_heads(self, feature_dim):
-        c = self.config
-        return {"projector": MLPHead(mlp_dims(feature_dim, c.proj_hidden, c.proj_dim, c.proj_layers))}
 
     def loss(self, params, buffers, batch):
         (z,) = self.project_views(params, buffers, batch)
