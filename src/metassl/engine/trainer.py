@@ -48,6 +48,15 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / f"{cfg.name.replace('/', '_')}-{stamp}"
 
 
+def first_non_finite(losses: list[torch.Tensor | float]) -> int | None:
+    """Index of the first NaN/inf among per-step losses (one device sync for the whole list), or None."""
+    if not losses:
+        return None
+    v = torch.stack([torch.as_tensor(x).float().reshape(()) for x in losses])
+    bad = (~torch.isfinite(v)).nonzero()
+    return int(bad[0]) if bad.numel() else None
+
+
 def class_fraction(split, fraction: float, seed: int):
     """A random subset of the split's classes (at least 2), the same for a given seed."""
     n = max(2, round(fraction * split.num_classes))
@@ -154,6 +163,10 @@ class Trainer:
     def save(self, name: str | None = None) -> Path | None:
         if not self.dist.is_main:
             return None
+        if self.device.type != "cpu":
+            finite = torch.stack([torch.isfinite(p).all() for p in self.model.params.values()]).all()
+            if not bool(finite):
+                self._non_finite(self.step, float("nan"))
         tensors, optim_rest = self._training_tensors()
         state = {**self._state(), "optimizer": optim_rest}
         return save_checkpoint(self.run_dir, self.step, self.model.state_tensors(), state, tensors,
@@ -182,19 +195,34 @@ class Trainer:
                 self.echo(msg), self.logger.log(self.step, values, kind="info")))
         self.optimizer.zero_grad(set_to_none=True)
         loss, metrics = self._runner(tasks)  # forward and backward
-        if not torch.isfinite(loss):
-            inner = " (or learner.inner_lr)" if hasattr(cfg.learner, "inner_steps") else ""
-            raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower optim.lr{inner} or set "
-                                     f"optim.grad_clip. The last checkpoint is intact: resume with --resume.")
+        # On the CPU the check is free; on an accelerator it would stall the queue every step, so there the losses
+        # are checked when they are logged and the parameters before every checkpoint (`_check_finite`).
+        if self.device.type == "cpu" and not torch.isfinite(loss):
+            self._non_finite(self.step, float(loss))
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(list(self.model.params.values()), cfg.optim.grad_clip)
         self.optimizer.step()
         with torch.no_grad():  # EMA targets, queues (self-supervised learners); a no-op for the others
             self.model.learner.after_step(self.model.params, self.model.buffers, metrics, self.step, cfg.train.steps)
         self.step += 1
-        scalars = {k: float(v) for k, v in metrics.items()  # aux tensors (e.g. MoCo's keys) are not logged
+        # 0-d tensors stay on the device until they are logged; aux tensors (e.g. MoCo's keys) are not logged
+        scalars = {k: v.detach() if torch.is_tensor(v) else float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.dim() == 0)}
-        return scalars | {"lr": self.optimizer.param_groups[0]["lr"]}
+        return scalars | {"loss": loss.detach(), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _non_finite(self, step: int, value: float) -> None:
+        inner = " (or learner.inner_lr)" if hasattr(self.cfg.learner, "inner_steps") else ""
+        raise FloatingPointError(f"step {step}: the loss is {value}; lower optim.lr{inner} or set optim.grad_clip. "
+                                 f"The last checkpoint is intact: resume with --resume.")
+
+    def _check_finite(self, window: list[dict[str, Any]]) -> None:
+        """Accelerators: the first non-finite loss of the window (one device sync), and before a checkpoint the
+        parameters, so that a checkpoint never holds NaN weights."""
+        if self.device.type == "cpu" or not window:
+            return
+        i = first_non_finite([w["loss"] for w in window])
+        if i is not None:
+            self._non_finite(self.step - len(window) + i, float(window[i]["loss"]))
 
     def validate(self) -> dict[str, float]:
         cfg = self.cfg
@@ -234,7 +262,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == total:
-                    avg = {k: sum(w[k] for w in window) / len(window) for k in m  # accuracy: absent for SSL
+                    self._check_finite(window)
+                    avg = {k: float(sum(w[k] for w in window)) / len(window) for k in m  # accuracy: absent for SSL
                            if k != "lr" and all(k in w for w in window)}
                     avg["lr"] = m["lr"]
                     avg["elapsed_s"] = round(time.perf_counter() - t0, 2)
