@@ -73,33 +73,37 @@ class CACTUsTasks:
             embeddings = embed_split(cfg.embed_from, split, split.device)
         self.cfg, self.split, self.generator = cfg, split, generator
         seed = (config.seed if config is not None else 0) * 7919
-        self.partitions = []  # (order [M] image indices grouped by cluster, counts [k], offsets [k])
+        orders, sizes = [], []  # per partition: image indices grouped by cluster [M], cluster sizes [k]
         for p in range(cfg.partitions):
             g = torch.Generator(device=embeddings.device).manual_seed(seed + p)
             z = embeddings
             if p > 0:
                 z = z * torch.rand(z.shape[1], generator=g, device=z.device)
             assign = kmeans(z, cfg.clusters, cfg.kmeans_iters, g)
-            order = torch.argsort(assign, stable=True)
-            counts = torch.bincount(assign, minlength=cfg.clusters)
-            self.partitions.append((order.to(split.device), counts.to(split.device),
-                                    (torch.cumsum(counts, 0) - counts).to(split.device)))
+            orders.append(torch.argsort(assign, stable=True))
+            sizes.append(torch.bincount(assign, minlength=cfg.clusters))
+        # stacked [P, ...] so that a step picks its partition on the device, without reading the index back
+        self.orders = torch.stack(orders).to(split.device)
+        self.counts = torch.stack(sizes).to(split.device)
+        self.offsets = torch.cumsum(self.counts, 1) - self.counts
+        self.max_count = int(self.counts.max())
         need = cfg.shots + cfg.queries
-        usable = min(int((c >= need).sum()) for _, c, _ in self.partitions)
+        usable = int((self.counts >= need).sum(1).min())
         if usable < cfg.ways:
             raise ConfigError(f"tasks.source=cactus: only {usable} of {cfg.clusters} clusters have the "
                               f"{need} images ({cfg.shots} shots + {cfg.queries} queries) a {cfg.ways}-way task "
                               f"needs; use fewer tasks.clusters, ways, shots or queries")
 
     def cluster_sizes(self) -> list[torch.Tensor]:
-        return [c for _, c, _ in self.partitions]
+        return list(self.counts.unbind(0))
 
     def sample(self) -> TaskBatch:
         c = self.cfg
         dev = self.split.device
-        p = int(torch.randint(len(self.partitions), (1,), generator=self.generator, device=dev))
-        order, counts, offsets = self.partitions[p]
-        classes, pos = _draw(counts, c.ways, c.shots + c.queries, c.tasks_per_batch, self.generator, dev)
+        p = torch.randint(self.counts.shape[0], (1,), generator=self.generator, device=dev)
+        order, counts, offsets = (t.index_select(0, p)[0] for t in (self.orders, self.counts, self.offsets))
+        classes, pos = _draw(counts, c.ways, c.shots + c.queries, c.tasks_per_batch, self.generator, dev,
+                             self.max_count)
         flat = order[offsets[classes].unsqueeze(-1) + pos]  # [T, N, K+Q] image indices
         t, n = classes.shape
         labels = torch.arange(n, device=dev).view(1, n, 1)

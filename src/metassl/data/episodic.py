@@ -56,6 +56,9 @@ class ClassSplit:
     name: str = ""  # e.g. "omniglot/test"
     preprocess: Preprocess = field(default_factory=Preprocess)
     offsets: torch.Tensor = field(init=False)
+    # a host copy of the counts: shape checks and the sampler's key width never wait for the device
+    host_counts: torch.Tensor = field(init=False, repr=False)
+    max_count: int = field(init=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -71,6 +74,8 @@ class ClassSplit:
             empty = self.class_names[int(self.counts.argmin())]
             raise ValueError(f"{self.name}: class {empty!r} has no images")
         self.offsets = torch.cumsum(self.counts, 0) - self.counts
+        self.host_counts = self.counts.cpu()
+        self.max_count = int(self.host_counts.max()) if self.host_counts.numel() else 0
 
     @classmethod
     def from_labels(cls, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], **kw) -> "ClassSplit":
@@ -171,24 +176,25 @@ def check_task_shape(split: ClassSplit, ways: int, shots: int, queries: int) -> 
         raise ValueError(f"{split.name}: cannot draw {ways}-way tasks, the split has only {split.num_classes} "
                          f"classes; lower ways to at most {split.num_classes}")
     need = shots + queries
-    small = (split.counts < need).nonzero().flatten()
+    small = (split.host_counts < need).nonzero().flatten()
     eligible = split.num_classes - small.numel()
     if small.numel() and eligible < ways:
         c = int(small[0])
         raise ValueError(
             f"{split.name}: {shots} shots + {queries} queries = {need} images per class are needed, but class "
-            f"{split.class_names[c]!r} has {int(split.counts[c])} ({small.numel()} of {split.num_classes} classes "
+            f"{split.class_names[c]!r} has {int(split.host_counts[c])} ({small.numel()} of {split.num_classes} classes "
             f"have fewer than {need}; {eligible} have enough for {ways}-way tasks); lower shots or queries")
 
 
 def _draw(counts: torch.Tensor, ways: int, per_class: int, num_tasks: int,
-          generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+          generator: torch.Generator | None, device: torch.device, max_count: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw class indices [T, N] and within-class positions [T, N, per_class] with vectorized random keys.
 
     Classes with fewer than `per_class` images are never chosen (keys +inf). Within a class, images beyond its count
     get key 2 > any uniform key, so sorting keys picks a uniformly random subset of the valid positions.
+    `max_count` (>= the largest count, known on the host) sets the key width without a device sync.
     """
-    max_count = int(counts.max())
     class_keys = torch.rand(num_tasks, counts.numel(), generator=generator, device=device)
     class_keys = class_keys.masked_fill((counts < per_class).to(device), float("inf"))
     classes = torch.topk(class_keys, ways, dim=1, largest=False, sorted=False).indices  # [T, N], distinct per task
@@ -221,7 +227,7 @@ def sample_tasks(split: ClassSplit, ways: int, shots: int, queries: int, num_tas
     `generator` must live on the split's device; it makes training reproducible from a seed.
     """
     check_task_shape(split, ways, shots, queries)
-    classes, pos = _draw(split.counts, ways, shots + queries, num_tasks, generator, split.device)
+    classes, pos = _draw(split.counts, ways, shots + queries, num_tasks, generator, split.device, split.max_count)
     return _assemble(split, classes, pos, shots, queries)
 
 
@@ -238,11 +244,10 @@ def eval_episodes(split: ClassSplit, ways: int, shots: int, queries: int, seed: 
     batch size used for evaluation, or on the method being evaluated.
     """
     check_task_shape(split, ways, shots, queries)
-    counts = split.counts.cpu()
     cls, pos = [], []
     for i in range(start, start + count):
         g = torch.Generator().manual_seed(episode_seed(split.name, ways, shots, queries, seed, i))
-        c, p = _draw(counts, ways, shots + queries, 1, g, torch.device("cpu"))
+        c, p = _draw(split.host_counts, ways, shots + queries, 1, g, torch.device("cpu"), split.max_count)
         cls.append(c)
         pos.append(p)
     return _assemble(split, torch.cat(cls), torch.cat(pos), shots, queries)
