@@ -48,7 +48,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def evaluate_run(run: str, dataset=None, split=None, ways=None, shots=None, queries=None, episodes=None, seed=None,
-                 data_root=None, which="latest", device=None, batch_episodes=None, progress=True):
+                 data_root=None, which="latest", device=None, batch_episodes=None, progress=True, overrides=None):
     """Evaluate a run or checkpoint; unspecified protocol values come from the run's `eval` config."""
     from ..data.registry import load_dataset
     from ..engine.build import load_model
@@ -56,7 +56,7 @@ def evaluate_run(run: str, dataset=None, split=None, ways=None, shots=None, quer
     from ..eval import Protocol, evaluate
 
     dev = resolve_device(device or "auto")
-    model, state = load_model(run, dev, which)
+    model, state = load_model(run, dev, which, overrides)
     cfg = model.config
     ds = dataset or cfg.data.dataset
     sp = split or cfg.data.test_split
@@ -129,7 +129,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
             atomic_write_text(a.out, json.dumps(d, indent=1) + "\n")
         return 0
     model, state, results = evaluate_run(a.run, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed,
-                                         a.data_root, a.which, a.device, a.batch_episodes, progress=not a.json)
+                                         a.data_root, a.which, a.device, a.batch_episodes, progress=not a.json,
+                                         overrides=getattr(a, "overrides", None))
     paper = model.config.eval.paper
     rows = []
     for r in results:
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="few-shot accuracy ± 95%% CI (or kNN / linear-probe accuracy) of a run or "
                        "checkpoint")
     p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("overrides", nargs="*", metavar="learner.KEY=VALUE",
+                   help="evaluation-time learner settings, e.g. learner.eval_head=encoder (PsCo), "
+                   "learner.eval_inner_steps=10 (MAML family)")
     p.add_argument("--dataset")
     p.add_argument("--split")
     p.add_argument("--ways", type=int)

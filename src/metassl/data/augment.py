@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 
-__all__ = ["AugmentSpec", "PRESETS", "augment", "resolve_augment", "preset_for_dataset"]
+__all__ = ["AugmentSpec", "PRESETS", "augment", "resolve_augment", "preset_for_dataset", "weak_view"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,21 @@ METHOD_PRESETS: dict[str, dict[str, AugmentSpec]] = {
         "generic": replace(_SIMCLR_IMAGENET, name="generic/byol", jitter_strength=(0.4, 0.4, 0.2, 0.1),
                            blur=(1.0, 0.1), solarize=(0.0, 0.2)),
     },
+    # PsCo's code (Jang et al. 2023): strong view = SimCLR-style crop 0.2-1 + flip + colour; on Omniglot crop + flip
+    "psco": {
+        "omniglot": AugmentSpec(name="omniglot/psco", crop_scale=(0.2, 1.0), flip=0.5),
+        "cifar10": replace(_SIMCLR_CIFAR, name="cifar10/psco", crop_scale=(0.2, 1.0)),
+        "generic": replace(_SIMCLR_IMAGENET, name="generic/psco", crop_scale=(0.2, 1.0)),
+    },
 }
+
+
+def weak_view(spec: AugmentSpec) -> AugmentSpec:
+    """The geometric part of `spec` only (no colour jitter, grayscale, blur or solarization): the weak view of
+    methods with asymmetric views (PsCo's momentum network)."""
+    return replace(spec, name=f"{spec.name}/weak", jitter=0.0, grayscale=0.0, blur=(0.0,), solarize=(0.0,))
+
+
 # `augment.preset: auto` by data set name; anything not listed gets the generic (ImageNet-like) recipe
 AUTO = {"cifar10": "cifar10", "cifarfs": "cifar10", "cifar_fs": "cifar10", "fc100": "cifar10", "omniglot": "omniglot",
         "mnist": "mnist", "digits": "mnist"}

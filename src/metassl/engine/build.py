@@ -112,11 +112,22 @@ def init_encoder_from(model: Model, path: str | Path, prefix: str = "encoder.") 
             "copied": len(dst), "not_transferred": skipped}
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu", which: str = "latest") -> tuple[Model, dict]:
-    """Rebuild a model from a run folder or checkpoint folder, without executing code from the files."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", which: str = "latest",
+               learner_overrides: list[str] | None = None) -> tuple[Model, dict]:
+    """Rebuild a model from a run folder or checkpoint folder, without executing code from the files.
+    `learner_overrides` (`learner.key=value`) change how the learner evaluates (e.g. MAML's evaluation inner steps,
+    PsCo's `eval_head`); they cannot change which tensors the model has (that would not load)."""
     folder = find_checkpoint(path, which)
     tensors, state, _ = load_checkpoint(folder)
-    cfg = resolve(state["config"])
+    config = state["config"]
+    if learner_overrides:
+        from ..config import ConfigError, apply_overrides
+
+        bad = [o for o in learner_overrides if not o.startswith("learner.") or o.startswith("learner.name=")]
+        if bad:
+            raise ConfigError(f"evaluation overrides must be learner.KEY=VALUE (not learner.name); got {bad}")
+        config = apply_overrides(config, list(learner_overrides))
+    cfg = resolve(config)
     model = build_model(cfg, tuple(state["image_shape"]), Preprocess.from_dict(state["preprocess"]), device)
     model.load_tensors(tensors, str(folder))
     model.train(False)

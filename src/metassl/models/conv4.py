@@ -1,7 +1,7 @@
 """Conv4: the standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017; Finn et al. 2017).
 
 Four blocks of [3x3 conv with `hidden` filters, normalization, ReLU, 2x2 max-pool], flattened: 64 features for
-28x28 inputs, 1,600 for 84x84 with 64 filters.
+28x28 inputs (256 with `pool_ceil`), 1,600 for 84x84 with 64 filters.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ class Conv4Config:
     track_running_stats: bool = option(True, help="false: BatchNorm always uses batch statistics (MAML)")
     pool: str = option("max", choices=("max", "stride"), help="max-pool, or stride-2 convs without pooling")
     flatten: str = option("flatten", choices=("flatten", "avg"), help="flatten the last map or average-pool it")
+    pool_ceil: bool = option(False, help="max-pool with ceil mode: 28x28 -> 2x2 maps, 256 features with 64 filters "
+                                         "(the conv4 of PsCo's code), instead of 1x1 and 64")
 
 
 class Conv4(nn.Module):
@@ -36,7 +38,7 @@ class Conv4(nn.Module):
             layers += [nn.Conv2d(c, cfg.hidden, 3, stride=stride, padding=1), norm2d(cfg.norm, cfg.hidden,
                        cfg.track_running_stats), nn.ReLU()]
             if cfg.pool == "max":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(nn.MaxPool2d(2, ceil_mode=cfg.pool_ceil))
             c = cfg.hidden
         self.features = nn.Sequential(*layers)
         self.avg = cfg.flatten == "avg"

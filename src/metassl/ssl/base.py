@@ -125,8 +125,12 @@ class SSLLearner(Learner):
         return tuple(outs)
 
     def head(self, name: str, tensors: Tensors, x: torch.Tensor, prefix: str = "learner.") -> torch.Tensor:
-        """Apply head `name` with the tensors under `prefix + name + '.'` (the online head by default)."""
-        return functional_call(self.heads[name], sub(tensors, f"{prefix}{name}."), (x,))
+        """Apply head `name` with the tensors under `prefix + name + '.'` (the online head by default). The head
+        follows the encoder's train/eval mode (BatchNorm: batch statistics while training, running ones in eval)."""
+        module = self.heads[name]
+        if module.training != self.encoder.training:
+            module.train(self.encoder.training)
+        return functional_call(module, sub(tensors, f"{prefix}{name}."), (x,))
 
     def encode(self, tensors: Tensors, prefix: str, images: torch.Tensor) -> torch.Tensor:
         """The encoder with the tensors under `prefix` (`encoder.` online, `learner.target.encoder.` the target):

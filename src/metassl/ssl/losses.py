@@ -10,15 +10,21 @@ when the batch cannot define the loss (e.g. one image for a contrastive loss).
 - `barlow_twins_loss` Barlow Twins (Zbontar et al. 2021), eq. 1: sum_i (1 - C_ii)^2 + lambda sum_{i!=j} C_ij^2.
 - `vicreg_loss`       VICReg (Bardes et al. 2022): lambda s + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')].
 - `rotate4` / `rotation_loss`  RotNet (Gidaris et al. 2018): 4-way prediction of 0/90/180/270-degree rotations.
+- `sinkhorn`          the Sinkhorn-Knopp equal-partition transport plan of SwAV (Caron et al. 2020), as PsCo uses it
+                      to assign queue entries to the images of a batch.
+- `pseudo_supcon_loss` PsCo (Jang et al. 2023), eq. 3: supervised contrastive loss of N queries against the N x K
+                      pseudo-labelled support embeddings of their few-shot pseudo-task.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["nt_xent_loss", "info_nce_loss", "normalized_mse", "negative_cosine", "barlow_twins_loss",
-           "vicreg_loss", "rotate4", "rotation_loss", "embedding_std"]
+           "vicreg_loss", "rotate4", "rotation_loss", "embedding_std", "sinkhorn", "pseudo_supcon_loss"]
 
 
 def _need(cond: bool, message: str) -> None:
@@ -143,3 +149,44 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     dimensions. About 1/sqrt(D) for well-spread embeddings, 0 when every image maps to the same vector."""
     z = F.normalize(z.detach().float(), dim=1)
     return z.std(0, unbiased=False).mean()
+
+
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """Equal-partition transport plan for scores [B, M] (B batch images, M queue entries), as SwAV's
+    `distributed_sinkhorn` with PsCo's row normalization: P = exp(S / epsilon), then `iterations` times: scale the
+    columns to sum 1/M each, then the rows to sum 1/B each; returned x B, so each row sums to 1 (a distribution of
+    image i over the queue). Computed in log space (no overflow for small epsilon), in float32, without gradient.
+    Single-process: with several processes the column sums would need an all-reduce."""
+    _need(scores.dim() == 2 and scores.shape[0] >= 1 and scores.shape[1] >= 1,
+          f"sinkhorn: scores [B, M] expected, got {tuple(scores.shape)}")
+    _need(epsilon > 0 and iterations >= 1, f"sinkhorn: epsilon > 0 and iterations >= 1 needed, got {epsilon}, "
+                                           f"{iterations}")
+    b, m = scores.shape
+    with torch.no_grad():
+        log_p = scores.float() / epsilon
+        log_p = log_p - torch.logsumexp(log_p.flatten(), 0)
+        for _ in range(iterations):
+            log_p = log_p - torch.logsumexp(log_p, dim=0, keepdim=True) - math.log(m)
+            log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True) - math.log(b)
+        return log_p.exp() * b
+
+
+def pseudo_supcon_loss(q: torch.Tensor, shots: torch.Tensor, temperature: float = 1.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PsCo's loss on one N-way K-shot pseudo-task: queries q [N, D] (the online predictions; query i is the only
+    query of pseudo-class i) against support embeddings shots [N, K, D] (shots[i] are the K support embeddings of
+    pseudo-class i; no gradient). With s_j the N*K supports, all L2-normalized:
+    L = mean_i [ log sum_j exp(q_i . s_j / T) - (1/K) sum_k q_i . s_ik / T ]
+    (the supervised contrastive loss with K positives per query). Returns (loss, accuracy of the query's own
+    pseudo-class by nearest prototype, the mean of its shots)."""
+    _need(q.dim() == 2 and shots.dim() == 3 and shots.shape[0] == q.shape[0] and shots.shape[2] == q.shape[1],
+          f"pseudo_supcon_loss: q [N, D] and shots [N, K, D] expected, got {tuple(q.shape)}, {tuple(shots.shape)}")
+    n, k, _ = shots.shape
+    q = F.normalize(q.float(), dim=1)
+    s = F.normalize(shots.float(), dim=2).detach()
+    logits = q @ s.reshape(n * k, -1).t() / temperature  # [N, N*K]
+    positive = logits.reshape(n, n, k).diagonal(dim1=0, dim2=1).t()  # [N, K]: q_i . s_ik / T
+    loss = (torch.logsumexp(logits, dim=1) - positive.mean(1)).mean()
+    proto = logits.reshape(n, n, k).mean(2)  # [N, N]: q_i . mean_k s_jk / T
+    acc = (proto.argmax(1) == torch.arange(n, device=q.device)).float().mean().detach()
+    return loss, acc
