@@ -39,6 +39,20 @@ def test_mismatch_lists_keys_and_shapes(source_run, tmp_path, capsys):
     assert code == 2 and "missing in the source: ['encoder.features." in err
 
 
+def test_maml_starts_from_an_encoder_with_running_statistics(source_run, tmp_path, capsys):
+    # the source (ProtoNet, BatchNorm with running statistics) -> MAML (batch statistics only): the weights are
+    # copied, the statistics are skipped and reported
+    dst = tmp_path / "maml"
+    assert main(["train", "omniglot/maml_5w1s", *BASE, "model.pool=max", "model.flatten=flatten",
+                 "tasks.tasks_per_batch=2", "train.steps=0", f"init_from={source_run}", "--run-dir", str(dst)]) == 0
+    assert "encoder initialized from" in capsys.readouterr().out
+    a, _, _ = load_checkpoint(find_checkpoint(source_run))
+    b, _, _ = load_checkpoint(find_checkpoint(dst))
+    weights = [k for k in b if k.startswith("encoder.")]
+    assert weights and all((a[k] == b[k]).all() for k in weights)
+    assert any(k.endswith("running_mean") for k in a) and not any(k.endswith("running_mean") for k in b)
+
+
 def test_train_fraction_keeps_a_seeded_subset_of_classes(tmp_path, capsys):
     from metassl.config import apply_overrides, resolve
     from metassl.engine.trainer import Trainer

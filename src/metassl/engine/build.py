@@ -87,15 +87,24 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
     return Model(cfg, learner, encoder, params, buffers, tuple(image_shape), preprocess)
 
 
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def init_encoder_from(model: Model, path: str | Path, prefix: str = "encoder.") -> dict[str, Any]:
     """Copy the encoder tensors of another run or checkpoint into `model`, matched by name.
 
     Every encoder tensor must match in name and shape; otherwise nothing is copied and the error lists the missing,
-    unexpected and mismatched names. Tensors outside the encoder (heads, learner state) are not transferred."""
+    unexpected and mismatched names. Tensors outside the encoder (heads, learner state) are not transferred. One
+    exception: BatchNorm running statistics of the source are skipped (and reported) when this model keeps none
+    (`model.track_running_stats: false`, the MAML family), since such a model normalizes with batch statistics;
+    this is what lets a self-supervised encoder initialize MAML."""
     folder = find_checkpoint(path)
     tensors, state, _ = load_checkpoint(folder)
     src = {k: v for k, v in tensors.items() if k.startswith(prefix)}
     dst = {k: v for k, v in model.state_tensors().items() if k.startswith(prefix)}
+    stats = sorted(k for k in src if k not in dst and k.rsplit(".", 1)[-1] in BN_STATISTICS)
+    for k in stats:
+        del src[k]
     missing, unexpected, mismatched = tensor_mismatch(src, dst)
     if missing or unexpected or mismatched:
         sb = state.get("config", {}).get("model", {})
@@ -107,9 +116,9 @@ def init_encoder_from(model: Model, path: str | Path, prefix: str = "encoder.") 
     with torch.no_grad():
         for k, t in dst.items():
             t.copy_(src[k])
-    skipped = sorted(k for k in tensors if not k.startswith(prefix))
+    skipped = sorted(k for k in tensors if not k.startswith(prefix)) + stats
     return {"init_from": str(folder), "source_learner": state.get("learner"), "source_step": state.get("step"),
-            "copied": len(dst), "not_transferred": skipped}
+            "copied": len(dst), "skipped_statistics": len(stats), "not_transferred": skipped}
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", which: str = "latest",
