@@ -37,14 +37,11 @@ from ..data.episodic import ClassSplit
 from ..data.task_sources import register_task_source
 from ..data.views import ViewBatch, ViewSource
 from ..learners.protonet import prototypes
-from ..ssl.base import SSLConfig, SSLLearner, fp32
+from ..ssl.base import SSLConfig, fp32
 from ..ssl.heads import MLPHead, mlp_dims
 from ..ssl.losses import info_nce_loss, pseudo_supcon_loss, sinkhorn
-from ..ssl.moco import enqueue
+from ..ssl.moco import QUEUE, MoCo
 from .base import LearnerSpec, register_learner
-
-QUEUE, PTR = "learner.queue", "learner.queue_ptr"
-
 
 @dataclass
 class PsCoConfig(SSLConfig):
@@ -57,6 +54,8 @@ class PsCoConfig(SSLConfig):
     moco_weight: float = option(1.0, range=(0.0, None), help="weight of the MoCo term")
     queue_size: int = option(16384, range=(1, None), help="M: momentum keys kept; supports come from here")
     momentum: float = option(0.99, range=(0.0, 1.0), help="momentum network EMA m")
+    momentum_schedule: str = option("constant", choices=("constant", "cosine"),
+                                    help="constant m (PsCo), or cosine from m to 1 (as BYOL)")
     sinkhorn_epsilon: float = option(0.05, range=(1e-4, 10.0), help="entropic regularization of the assignment")
     sinkhorn_iterations: int = option(3, range=(1, 100))
     shot_sampling: str = option("topk", choices=("topk", "prob"),
@@ -86,8 +85,10 @@ def pseudo_tasks(keys: torch.Tensor, queue: torch.Tensor, shots: int, epsilon: f
     return idx, plan
 
 
-class PsCo(SSLLearner):
-    target_heads = ("projector",)
+class PsCo(MoCo):
+    """MoCo with a predictor and the pseudo-task loss (as the authors' PsCoMoCo): MoCo's queue, momentum target and
+    update are reused as they are."""
+
     min_batch = 2
     min_batch_reason = "a pseudo-task needs at least 2 pseudo-classes, and the heads use BatchNorm"
 
@@ -98,13 +99,6 @@ class PsCo(SSLLearner):
         return {"projector": MLPHead(mlp_dims(feature_dim, c.proj_hidden, c.proj_dim, c.proj_layers),
                                      last_bn=True, last_bn_affine=False),
                 "predictor": MLPHead([c.proj_dim, c.pred_hidden, c.proj_dim])}
-
-    def init_buffers(self, params, buffers):
-        out = super().init_buffers(params, buffers)
-        c = self.config
-        out[QUEUE] = F.normalize(torch.randn(c.queue_size, c.proj_dim), dim=1)
-        out[PTR] = torch.zeros(1, dtype=torch.int64)
-        return out
 
     def loss(self, params, buffers, batch):
         c = self.config
@@ -126,11 +120,6 @@ class PsCo(SSLLearner):
         return loss, {"loss": loss.detach(), "supcon_loss": supcon.detach(), "moco_loss": moco.detach(),
                       "pseudo_task_acc": task_acc, "contrastive_acc": moco_acc,
                       "embedding_std": self.monitor(z_online), "keys": keys.detach()}
-
-    def update_state(self, params, buffers, aux, step, total_steps):
-        self.ema_update(params, buffers, self.config.momentum)
-        if "keys" in aux:
-            enqueue(buffers[QUEUE], buffers[PTR], aux["keys"])
 
     # -- few-shot evaluation --------------------------------------------------------------------------------------
     def adapt(self, params, buffers, support_x, support_y, ways):
