@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_split
+
 from metassl.config import ConfigError, apply_overrides, resolve
 from metassl.data import ClassSplit
 from metassl.data.augment import PRESETS, augment, weak_view
@@ -109,9 +109,9 @@ def test_psco_source_refuses_other_learners():
 
 
 def test_step_enqueues_the_keys_and_moves_the_momentum_network():
+    from metassl.data.episodic import Preprocess
     from metassl.data.views import ViewBatch
     from metassl.engine.build import build_model
-    from metassl.data.episodic import Preprocess
 
     cfg = psco_config("model.depth=2", "model.hidden=8")
     model = build_model(cfg, (1, 16, 16), Preprocess())
@@ -136,8 +136,8 @@ def test_step_enqueues_the_keys_and_moves_the_momentum_network():
 
 
 def test_supcon_evaluation_uses_running_statistics_in_the_heads():
-    from metassl.engine.build import build_model
     from metassl.data.episodic import Preprocess
+    from metassl.engine.build import build_model
 
     cfg = psco_config("model.depth=2", "model.hidden=8")
     model = build_model(cfg, (1, 16, 16), Preprocess())

@@ -43,6 +43,7 @@ from ..ssl.losses import info_nce_loss, pseudo_supcon_loss, sinkhorn
 from ..ssl.moco import QUEUE, MoCo
 from .base import LearnerSpec, register_learner
 
+
 @dataclass
 class PsCoConfig(SSLConfig):
     name: str = "psco"
