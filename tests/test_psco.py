@@ -171,3 +171,9 @@ def test_psco_trains_and_evaluates_end_to_end(tmp_path):
     assert 0 < a <= 100 and 0 < b <= 100 and a != b  # two different classifiers of the same checkpoint
     with pytest.raises(ConfigError, match="learner.KEY=VALUE"):
         evaluate_run(str(tmp_path / "run"), overrides=["train.steps=3"], **kw)
+    # through the command line: the override is accepted for episodes, refused for the frozen-encoder protocols
+    from metassl.cli.main import main
+
+    run = str(tmp_path / "run")
+    assert main(["eval", run, "learner.eval_head=encoder", "--shots", "1", "--episodes", "5", "--device", "cpu"]) == 0
+    assert main(["eval", run, "learner.eval_head=encoder", "--protocol", "knn", "--device", "cpu"]) == 2

@@ -116,6 +116,9 @@ def evaluate_frozen(run: str, protocol: str, dataset=None, split=None, train_spl
 
 def cmd_eval(a: argparse.Namespace) -> int:
     protocol = getattr(a, "protocol", "fewshot")
+    if protocol != "fewshot" and getattr(a, "overrides", None):
+        raise ConfigError(f"learner overrides {a.overrides} apply to few-shot evaluation only; the {protocol} "
+                          f"protocol reads the frozen encoder")
     if protocol != "fewshot":  # kNN / linear probe on frozen features
         model, state, r = evaluate_frozen(a.run, protocol, a.dataset, a.split, a.train_split, a.data_root, a.which,
                                           a.device, a.k, a.temperature, a.max_train, a.max_test, a.seed,
