@@ -67,7 +67,12 @@ class ViewSource:
                               f"{split.image_shape[1]}x{split.image_shape[2]}")
         self.spec = spec
 
-    def sample(self) -> ViewBatch:
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's `batch_size` distinct images (positions [B], uint8 images [B, C, H, W]), one randperm."""
         total = self.split.images.shape[0]
         idx = torch.randperm(total, generator=self.generator, device=self.split.device)[: self.batch_size]
-        return ViewBatch(augment(self.split.images[idx], self.spec, self.views, self.generator), idx)
+        return idx, self.split.images[idx]
+
+    def sample(self) -> ViewBatch:
+        idx, images = self.draw()
+        return ViewBatch(augment(images, self.spec, self.views, self.generator), idx)

@@ -160,9 +160,7 @@ class PsCoViews(ViewSource):
         self.weak = weak_view(self.spec)
 
     def sample(self) -> ViewBatch:
-        total = self.split.images.shape[0]
-        idx = torch.randperm(total, generator=self.generator, device=self.split.device)[: self.batch_size]
-        images = self.split.images[idx]
+        idx, images = self.draw()
         strong = augment(images, self.spec, 1, self.generator)
         weak = augment(images, self.weak, 1, self.generator)
         return ViewBatch(torch.cat([strong, weak]), idx)
