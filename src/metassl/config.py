@@ -89,6 +89,9 @@ class AuxConfig:
 
     rotation: float = option(0.0, range=(0.0, 100.0), help="weight of 4-way rotation prediction on episode images; "
                              "0: off")
+    contrastive: float = option(0.0, range=(0.0, 100.0), help="weight of SimCLR's NT-Xent between two augmented "
+                                "views of the episode images (augmentation: the augment section); 0: off")
+    temperature: float = option(0.5, range=(1e-4, 10.0), help="NT-Xent temperature of the contrastive term")
 
 
 @dataclass

@@ -135,6 +135,9 @@ class TaskBatch:
     query_y: torch.Tensor  # [T, N*Q] int64
     ways: int
     classes: torch.Tensor | None = None  # [T, N] split-level class index of each task label (None if unknown)
+    # [T, V, N*(K+Q), C, H, W]: V augmented views of each task's support then query images, for a self-supervised
+    # auxiliary term (`aux.contrastive`); drawn by `AuxiliaryViews` from the images only, None otherwise
+    views: torch.Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -149,13 +152,15 @@ class TaskBatch:
         return self.query_x.shape[1] // self.ways
 
     def map_images(self, fn) -> "TaskBatch":
-        """Apply `fn` to support and query images (e.g. uint8 -> normalized float)."""
-        return replace(self, support_x=fn(self.support_x), query_x=fn(self.query_x))
+        """Apply `fn` to support and query images and to the views, if any (e.g. uint8 -> normalized float)."""
+        return replace(self, support_x=fn(self.support_x), query_x=fn(self.query_x),
+                       views=None if self.views is None else fn(self.views))
 
     def to(self, device) -> "TaskBatch":
+        def move(t):
+            return None if t is None else t.to(device)
         return TaskBatch(self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
-                         self.query_y.to(device), self.ways,
-                         None if self.classes is None else self.classes.to(device))
+                         self.query_y.to(device), self.ways, move(self.classes), move(self.views))
 
     def chunks(self, size: int) -> list["TaskBatch"]:
         """Split along the task dimension into batches of at most `size` tasks."""
@@ -163,7 +168,8 @@ class TaskBatch:
         for s in range(0, self.num_tasks, size):
             sl = slice(s, s + size)
             out.append(TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl],
-                                 self.ways, None if self.classes is None else self.classes[sl]))
+                                 self.ways, None if self.classes is None else self.classes[sl],
+                                 None if self.views is None else self.views[sl]))
         return out
 
 

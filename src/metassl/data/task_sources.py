@@ -3,11 +3,13 @@ unsupervised sources (UMTRA, CACTUs, ...) register here the same way and feed an
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Protocol
 
 import torch
 
 from ..registry import Registry
+from .augment import augment
 from .episodic import ClassSplit, TaskBatch, check_task_shape, sample_tasks
 
 
@@ -43,3 +45,32 @@ class LabeledTasks:
     def sample(self) -> TaskBatch:
         c = self.cfg
         return sample_tasks(self.split, c.ways, c.shots, c.queries, c.tasks_per_batch, self.generator)
+
+
+class AuxiliaryViews:
+    """Wraps a task source for a self-supervised auxiliary term (`aux.contrastive`): each TaskBatch also carries
+    `views` [T, V, N*(K+Q), C, H, W], V augmented views of each task's support then query images. The views are made
+    from the images alone (labels are never read), on the images' device, with the run's generator. Batches that are
+    not TaskBatches (the self-supervised learners' ViewBatch, which has views already) pass through unchanged."""
+
+    def __init__(self, source: TaskSource, spec: Any, generator: torch.Generator, views: int = 2):
+        self.source, self.spec, self.generator, self.views = source, spec, generator, int(views)
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped source's attributes (e.g. CACTUs' partitions)
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def sample(self) -> Any:
+        batch = self.source.sample()
+        if not isinstance(batch, TaskBatch):
+            return batch
+
+        def unit(x: torch.Tensor) -> torch.Tensor:  # uint8 (labeled tasks) or float in [0, 1] (UMTRA's views)
+            return x.float().div(255.0) if x.dtype == torch.uint8 else x
+
+        sx, qx = batch.support_x, batch.query_x
+        images = torch.cat([sx, qx], 1) if sx.dtype == qx.dtype else torch.cat([unit(sx), unit(qx)], 1)
+        t, m = images.shape[:2]
+        views = augment(images.flatten(0, 1), self.spec, self.views, self.generator)  # [V, T*M, C, H, W]
+        return replace(batch, views=views.unflatten(1, (t, m)).transpose(0, 1))

@@ -66,10 +66,10 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
                 device: torch.device | str = "cpu") -> Model:
     encoder = build_backbone(cfg.model, image_shape[0]).to(device)
     learner = get_learner(cfg.learner.name).build(cfg.learner, encoder)
-    if cfg.aux.rotation > 0:
-        from ..learners.auxiliary import RotationAuxiliary
+    if cfg.aux.rotation > 0 or cfg.aux.contrastive > 0:
+        from ..learners.auxiliary import SelfSupervisedAuxiliary
 
-        learner = RotationAuxiliary(learner, cfg.aux.rotation)
+        learner = SelfSupervisedAuxiliary(learner, cfg.aux.rotation, cfg.aux.contrastive, cfg.aux.temperature)
     if cfg.train.channels_last and any(isinstance(m, nn.Conv2d) for m in encoder.modules()):
         encoder.to(memory_format=torch.channels_last)
         learner.channels_last = True

@@ -99,8 +99,9 @@ class StepRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _loss(self, params, buffers, support_x, support_y, query_x, query_y, ways: int):
-        return self.learner.loss(params, buffers, TaskBatch(support_x, support_y, query_x, query_y, ways))
+    def _loss(self, params, buffers, support_x, support_y, query_x, query_y, ways: int, views=None):
+        return self.learner.loss(params, buffers, TaskBatch(support_x, support_y, query_x, query_y, ways,
+                                                            views=views))
 
     def _run(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.compiled is not None:
@@ -157,7 +158,7 @@ class StepRunner:
             share = part.num_tasks / total
             with amp:
                 loss, mets = loss_fn(m.params, m.buffers, part.support_x, part.support_y, part.query_x,
-                                     part.query_y, part.ways)
+                                     part.query_y, part.ways, part.views)
             if loss.requires_grad:
                 (loss.float() * share).backward()
             loss = loss.detach().float() * share

@@ -21,7 +21,8 @@ import torch
 from ..config import ConfigError, RunConfig, dump_yaml, resolve
 from ..data.episodic import check_task_shape
 from ..data.registry import load_dataset
-from ..data.task_sources import make_task_source
+from ..data.augment import resolve_augment
+from ..data.task_sources import AuxiliaryViews, make_task_source
 from ..eval.episodes import Protocol, evaluate
 from ..learners import get_learner
 from .atomic import atomic_write_text
@@ -116,6 +117,8 @@ class Trainer:
         spec = get_learner(cfg.learner.name)
         self.source = make_task_source(cfg.tasks, self.train_split, self.generator, spec.default_source,
                                        config=cfg, device=self.device)
+        if cfg.aux.contrastive > 0:  # the contrastive auxiliary term needs two augmented views of every image
+            self.source = AuxiliaryViews(self.source, resolve_augment(cfg.augment, d.dataset), self.generator)
         self.knn = None  # online kNN monitor (train.knn_every): memory bank from the train split, test-split queries
         if cfg.train.knn_every:
             from ..eval.knn import KNNMonitor

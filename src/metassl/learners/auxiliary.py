@@ -1,10 +1,17 @@
-"""Self-supervised auxiliary loss during meta-training (Gidaris et al., "Boosting Few-Shot Visual Learning with
-Self-Supervision", ICCV 2019): any learner's loss plus `aux.rotation` x the 4-way rotation-prediction loss of its
-encoder on the episode's images (support and query, each rotated by 0/90/180/270 degrees).
+"""Self-supervised auxiliary losses during meta-training (Gidaris et al., "Boosting Few-Shot Visual Learning with
+Self-Supervision", ICCV 2019): any learner's loss plus weighted self-supervised terms of its encoder on the
+episode's images (support and query):
 
-The rotation head is a linear layer on the encoder features, learnable tensors `learner.aux_rotation.*`. It is not
-used to adapt or classify, so evaluation and prediction are those of the wrapped learner. With `aux.rotation: 0`
-nothing is wrapped and the learner is exactly the plain one.
+- `aux.rotation`: 4-way rotation prediction, each image rotated by 0/90/180/270 degrees, a linear head
+  (`learner.aux_rotation.*`), as in the paper;
+- `aux.contrastive`: SimCLR's NT-Xent between two augmented views of each image (the views come with the batch,
+  drawn by `metassl.data.task_sources.AuxiliaryViews` with the run's `augment` section), through a two-layer
+  projection head (`learner.aux_contrastive.*`, hidden width = feature size, 128 outputs), temperature
+  `aux.temperature`. On Omniglot, whose rotated characters are classes of their own in the Vinyals split, rotation
+  prediction is partly a classification of the characters; the contrastive term has no such overlap.
+
+The heads are not used to adapt or classify, so evaluation and prediction are those of the wrapped learner. With
+every weight 0 nothing is wrapped and the learner is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -14,18 +21,28 @@ from typing import Any
 import torch
 
 from ..data.episodic import TaskBatch
-from ..ssl.losses import rotate4, rotation_loss
+from ..ssl.losses import nt_xent_loss, rotate4, rotation_loss
 from .base import Learner, Tensors
 
-HEAD = "learner.aux_rotation."
+ROTATION_HEAD = "learner.aux_rotation."
+CONTRASTIVE_HEAD = "learner.aux_contrastive."
+PROJECTION_DIM = 128
 
 
-class RotationAuxiliary:
-    """Wraps a learner: same functions, its `loss` plus weight x rotation loss; attributes pass through."""
+def _linear_init(out_dim: int, in_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # nn.Linear's default initialization; a zero head would give the encoder no gradient at first
+    bound = 1.0 / in_dim ** 0.5
+    return torch.empty(out_dim, in_dim).uniform_(-bound, bound), torch.empty(out_dim).uniform_(-bound, bound)
 
-    def __init__(self, inner: Learner, weight: float):
+
+class SelfSupervisedAuxiliary:
+    """Wraps a learner: same functions, its `loss` plus the weighted auxiliary terms; attributes pass through."""
+
+    def __init__(self, inner: Learner, rotation: float = 0.0, contrastive: float = 0.0, temperature: float = 0.5):
         object.__setattr__(self, "inner", inner)
-        object.__setattr__(self, "weight", float(weight))
+        object.__setattr__(self, "rotation", float(rotation))
+        object.__setattr__(self, "contrastive", float(contrastive))
+        object.__setattr__(self, "temperature", float(temperature))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -35,24 +52,51 @@ class RotationAuxiliary:
 
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
         params = dict(self.inner.init_params(feature_dim, ways))
-        # nn.Linear's default initialization; a zero head would give the encoder no rotation gradient at first
-        bound = 1.0 / feature_dim ** 0.5
-        params[HEAD + "weight"] = torch.empty(4, feature_dim).uniform_(-bound, bound)
-        params[HEAD + "bias"] = torch.empty(4).uniform_(-bound, bound)
+        if self.rotation > 0:
+            params[ROTATION_HEAD + "weight"], params[ROTATION_HEAD + "bias"] = _linear_init(4, feature_dim)
+        if self.contrastive > 0:
+            w1, b1 = _linear_init(feature_dim, feature_dim)
+            w2, b2 = _linear_init(PROJECTION_DIM, feature_dim)
+            params.update({CONTRASTIVE_HEAD + "0.weight": w1, CONTRASTIVE_HEAD + "0.bias": b1,
+                           CONTRASTIVE_HEAD + "1.weight": w2, CONTRASTIVE_HEAD + "1.bias": b2})
         return params
 
     def rotation_term(self, params: Tensors, buffers: Tensors, images: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         x, labels = rotate4(images.reshape(-1, *images.shape[-3:]))
         z = self.inner.embed(params, buffers, x)
-        logits = z @ params[HEAD + "weight"].t() + params[HEAD + "bias"]
+        logits = z @ params[ROTATION_HEAD + "weight"].t() + params[ROTATION_HEAD + "bias"]
         return rotation_loss(logits, labels)
+
+    def contrastive_term(self, params: Tensors, buffers: Tensors, views: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """NT-Xent between the first two of `views` [V, B, C, H, W], both embedded in one call."""
+        b = views.shape[1]
+        z = self.inner.embed(params, buffers, views[:2].flatten(0, 1))
+        h = torch.relu(z @ params[CONTRASTIVE_HEAD + "0.weight"].t() + params[CONTRASTIVE_HEAD + "0.bias"])
+        p = h @ params[CONTRASTIVE_HEAD + "1.weight"].t() + params[CONTRASTIVE_HEAD + "1.bias"]
+        return nt_xent_loss(p[:b], p[b:], self.temperature)
 
     def loss(self, params: Tensors, buffers: Tensors, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         loss, aux = self.inner.loss(params, buffers, batch)
-        if isinstance(batch, TaskBatch):
-            images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        else:  # a ViewBatch: every view of every image
-            images = batch.views.flatten(0, 1)
-        rot, acc = self.rotation_term(params, buffers, images)
-        return loss + self.weight * rot, {**aux, "aux_rotation_loss": rot.detach(), "aux_rotation_accuracy": acc}
+        aux = dict(aux)
+        if self.rotation > 0:
+            if isinstance(batch, TaskBatch):
+                images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+            else:  # a ViewBatch: every view of every image
+                images = batch.views.flatten(0, 1)
+            rot, acc = self.rotation_term(params, buffers, images)
+            loss = loss + self.rotation * rot
+            aux.update(aux_rotation_loss=rot.detach(), aux_rotation_accuracy=acc)
+        if self.contrastive > 0:
+            views = getattr(batch, "views", None)
+            if isinstance(batch, TaskBatch) and views is not None:  # [T, V, M, ...] -> [V, T*M, ...]
+                views = views.transpose(0, 1).flatten(1, 2)
+            if views is None or views.shape[0] < 2:
+                raise ValueError("aux.contrastive needs two augmented views of the episode images with each batch "
+                                 "(TaskBatch.views, drawn by metassl.data.task_sources.AuxiliaryViews; the trainer "
+                                 "adds them when aux.contrastive > 0); this batch has none")
+            con, acc = self.contrastive_term(params, buffers, views)
+            loss = loss + self.contrastive * con
+            aux.update(aux_contrastive_loss=con.detach(), aux_contrastive_accuracy=acc)
+        return loss, aux
