@@ -56,11 +56,6 @@ class AuxiliaryViews:
     def __init__(self, source: TaskSource, spec: Any, generator: torch.Generator, views: int = 2):
         self.source, self.spec, self.generator, self.views = source, spec, generator, int(views)
 
-    def __getattr__(self, name: str) -> Any:  # the wrapped source's attributes (e.g. CACTUs' partitions)
-        if name == "source":
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
     def sample(self) -> Any:
         batch = self.source.sample()
         if not isinstance(batch, TaskBatch):
@@ -69,8 +64,7 @@ class AuxiliaryViews:
         def unit(x: torch.Tensor) -> torch.Tensor:  # uint8 (labeled tasks) or float in [0, 1] (UMTRA's views)
             return x.float().div(255.0) if x.dtype == torch.uint8 else x
 
-        sx, qx = batch.support_x, batch.query_x
-        images = torch.cat([sx, qx], 1) if sx.dtype == qx.dtype else torch.cat([unit(sx), unit(qx)], 1)
+        images = torch.cat([unit(batch.support_x), unit(batch.query_x)], 1)
         t, m = images.shape[:2]
         views = augment(images.flatten(0, 1), self.spec, self.views, self.generator)  # [V, T*M, C, H, W]
         return replace(batch, views=views.unflatten(1, (t, m)).transpose(0, 1))
