@@ -49,3 +49,10 @@ def toy_split():
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def apply_update(model, state, step, total_steps):
+    """What the trainer does after an optimizer step: the learner's new buffer values, stored in the model."""
+    with torch.no_grad():
+        for k, v in model.learner.update(model.params, model.buffers, state, step, total_steps).items():
+            model.buffers[k].copy_(v)

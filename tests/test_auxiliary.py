@@ -10,7 +10,7 @@ from metassl.data import Preprocess, sample_tasks
 from metassl.data.augment import AugmentSpec, resolve_augment
 from metassl.data.task_sources import AuxiliaryViews, make_task_source
 from metassl.engine.build import build_model
-from metassl.learners.auxiliary import CONTRASTIVE_HEAD, ROTATION_HEAD, SelfSupervisedAuxiliary
+from metassl.ssl.auxiliary import CONTRASTIVE_HEAD, ROTATION_HEAD, SelfSupervisedAuxiliary
 
 SPLIT = dict(num_classes=8, per_class=6, shape=(1, 8, 8))
 
@@ -33,7 +33,8 @@ def grads(learner_name, rotation=0.0, contrastive=0.0, views=None):
                                        "model.track_running_stats=false", "tasks.ways=3"]))
     m = build_model(cfg, SPLIT["shape"], Preprocess())
     b = batch(views=contrastive > 0 if views is None else views)
-    loss, aux = m.learner.loss(m.params, m.buffers, b)
+    _out = m.learner.loss(m.params, m.buffers, b)
+    loss, aux = _out.loss, {**_out.metrics, **_out.state}
     loss.backward()
     return m, {k: v.grad.clone() for k, v in m.params.items() if v.grad is not None}, aux
 
@@ -86,8 +87,9 @@ def test_weight_zero_is_exactly_the_plain_learner():
 
 def test_wrapper_passes_attributes_through():
     m, _, _ = grads("maml", rotation=1.0)
-    m.learner.path = "loop"
-    assert m.learner.inner.path == "loop" and m.learner.adapts_with_gradients
+    loop = m.learner.with_options(path="loop")  # a new wrapper around a new learner; the original is unchanged
+    assert loop.inner.options.path == "loop" and loop.maps_tasks and loop.rotation == 1.0
+    assert m.learner.inner.options.path == "auto"
 
 
 def test_auxiliary_views_are_views_of_each_tasks_own_images():

@@ -2,7 +2,7 @@ import json
 import pytest
 import torch
 
-from metassl.engine.atomic import atomic_directory
+from metassl.atomic import atomic_directory
 from metassl.engine.checkpoint import (CheckpointError, find_checkpoint, flatten_optimizer, load_checkpoint,
                                        save_checkpoint, unflatten_optimizer)
 

@@ -3,6 +3,8 @@
 import math
 
 import pytest
+
+from metassl.learners import LossOutput
 import torch
 
 from metassl.config import apply_overrides, resolve
@@ -26,8 +28,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     real = t.model.learner.loss
 
     def poisoned(params, buffers, tasks):
-        loss, aux = real(params, buffers, tasks)
-        return (loss * float("nan") if t.step == 7 else loss), aux
+        out = real(params, buffers, tasks)
+        return LossOutput(out.loss * float("nan") if t.step == 7 else out.loss, out.metrics)
 
     t.model.learner.loss = poisoned
     with pytest.raises(FloatingPointError, match=r"step 7: the loss is nan; lower optim.lr"):

@@ -13,7 +13,7 @@ from conftest import SHARED_DATA
 from metassl.api import FewShotClassifier, SupportSetError
 from metassl.cli.main import main
 from metassl.data import load_dataset
-from metassl.learners import LEARNERS
+from metassl.registry import LEARNERS
 
 DIGITS = ["3", "5", "7"]
 
@@ -180,8 +180,8 @@ def test_every_registered_learner_adapts_and_predicts(learner, tmp_path):
         f"learner.name={learner}", "data.dataset=digits", "data.train_split=train", "data.val_split=null",
         "model.backbone=conv4", "model.hidden=8", "model.depth=2", "model.track_running_stats=false",
         "tasks.ways=3", "tasks.shots=2",
-        "tasks.queries=2", "tasks.batch_size=16", "train.steps=2", "train.progress=false",
-        "train.tensorboard=false", "optim.name=adam", "train.report=false"]))
+        "tasks.queries=2", "train.steps=2", "train.progress=false", "train.tensorboard=false", "optim.name=adam",
+        "train.report=false"] + ([] if LEARNERS[learner].default_source == "labeled" else ["tasks.batch_size=16"])))
     train(cfg, tmp_path / "run")
     clf = FewShotClassifier.load(tmp_path / "run")
     split = load_dataset("digits", "test")

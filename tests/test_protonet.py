@@ -62,7 +62,8 @@ def test_loss_is_cross_entropy_and_trains():
     losses = []
     for _ in range(60):
         b = sample_tasks(split, 3, 2, 2, 4, g).map_images(Preprocess())
-        loss, metrics = m.learner.loss(m.params, m.buffers, b)
+        _out = m.learner.loss(m.params, m.buffers, b)
+        loss, metrics = _out.loss, {**_out.metrics, **_out.state}
         assert 0.0 <= float(metrics["accuracy"]) <= 1.0
         opt.zero_grad()
         loss.backward()

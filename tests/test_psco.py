@@ -1,6 +1,7 @@
 """PsCo: Sinkhorn pseudo-labels from a momentum queue, the pseudo-supervised contrastive loss, its view source and
 its few-shot evaluation."""
 
+from conftest import apply_update
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from metassl.config import ConfigError, apply_overrides, resolve
 from metassl.data import ClassSplit
 from metassl.data.augment import PRESETS, augment, weak_view
 from metassl.data.task_sources import make_task_source
-from metassl.learners.psco import pseudo_tasks
+from metassl.ssl.psco import pseudo_tasks
 from metassl.ssl.losses import pseudo_supcon_loss, sinkhorn
 
 
@@ -117,7 +118,8 @@ def test_step_enqueues_the_keys_and_moves_the_momentum_network():
     model = build_model(cfg, (1, 16, 16), Preprocess())
     views = torch.rand(2, 16, 1, 16, 16)
     before = {k: v.clone() for k, v in model.buffers.items()}
-    loss, aux = model.learner.loss(model.params, model.buffers, ViewBatch(views))
+    _out = model.learner.loss(model.params, model.buffers, ViewBatch(views))
+    loss, aux = _out.loss, {**_out.metrics, **_out.state}
     assert torch.isfinite(loss) and 0 <= float(aux["pseudo_task_acc"]) <= 1
     assert math.isclose(float(loss.detach()), float(aux["supcon_loss"] + aux["moco_loss"]), rel_tol=1e-5)
     loss.backward()
@@ -125,7 +127,7 @@ def test_step_enqueues_the_keys_and_moves_the_momentum_network():
         for p in model.params.values():
             if p.grad is not None:
                 p -= 0.1 * p.grad
-        model.learner.after_step(model.params, model.buffers, aux, 0, 10)
+        apply_update(model, aux, 0, 10)
     q = model.buffers["learner.queue"]
     assert torch.allclose(q[:16], aux["keys"]) and torch.equal(q[16:], before["learner.queue"][16:])
     assert int(model.buffers["learner.queue_ptr"]) == 16

@@ -3,6 +3,7 @@ against a loop-based computation of the paper's formula, stop-gradients, the MoC
 labels, kNN against brute force, the linear probe, LARS, bad input and collapse, and short runs through the real
 Trainer and CLI on scikit-learn's digits. CPU, tiny tensors."""
 
+from conftest import apply_update
 import json
 import math
 import warnings
@@ -143,13 +144,16 @@ def test_rotation_labels():
 def test_moco_queue_is_fifo_with_wrap_around():
     queue, ptr = torch.zeros(5, 1), torch.zeros(1, dtype=torch.int64)
     keys = torch.arange(1, 12, dtype=torch.float32).view(-1, 1)
-    enqueue(queue, ptr, keys[0:3])  # 1 2 3 at slots 0..2
+    queue, ptr = enqueue(queue, ptr, keys[0:3])  # 1 2 3 at slots 0..2
     assert queue.flatten().tolist() == [1, 2, 3, 0, 0] and int(ptr) == 3
-    enqueue(queue, ptr, keys[3:6])  # 4 5 at slots 3, 4; 6 wraps to slot 0 (the oldest key, 1, goes)
+    queue, ptr = enqueue(queue, ptr, keys[3:6])  # 4 5 at slots 3, 4; 6 wraps to slot 0 (the oldest key, 1, goes)
     assert queue.flatten().tolist() == [6, 2, 3, 4, 5] and int(ptr) == 1
-    enqueue(queue, ptr, keys[6:7])
+    queue, ptr = enqueue(queue, ptr, keys[6:7])
     assert queue.flatten().tolist() == [6, 7, 3, 4, 5] and int(ptr) == 2
-    enqueue(queue, ptr, keys[0:7])  # more keys than slots: the last 5 (3..7) are kept, in order
+    before = queue.clone()
+    new, new_ptr = enqueue(queue, ptr, keys[0:7])  # a new tensor: the input is unchanged (a pure update)
+    assert torch.equal(queue, before)
+    queue, ptr = new, new_ptr  # more keys than slots: the last 5 (3..7) are kept, in order
     assert queue.flatten().tolist() == [6, 7, 3, 4, 5] and int(ptr) == 2
 
 
@@ -178,7 +182,7 @@ def test_ema_update_formula(name):
     step, total = 25, 100
     aux = {"keys": torch.zeros(0, 8)} if name == "moco" else {}
     with torch.no_grad():
-        m.learner.after_step(m.params, m.buffers, aux, step, total)
+        apply_update(m, aux, step, total)
     tau = 0.9 if name == "moco" else 1 - (1 - 0.9) * (math.cos(math.pi * step / total) + 1) / 2
     for k in names:
         assert torch.allclose(m.buffers[target_name(k)], tau * before[k] + (1 - tau) * online[k], atol=1e-6)
@@ -188,40 +192,43 @@ def test_ema_update_formula(name):
 def test_byol_target_gets_no_gradient_and_loss_is_the_symmetric_nmse():
     m = tiny_model("byol")
     batch = views()
-    loss, aux = m.learner.loss(m.params, m.buffers, batch)
+    _out = m.learner.loss(m.params, m.buffers, batch)
+    loss, aux = _out.loss, {**_out.metrics, **_out.state}
     loss.backward()
     assert all(not t.requires_grad for t in m.buffers.values())
     for k in ("encoder.net.1.weight", "learner.projector.layers.0.weight", "learner.predictor.layers.0.weight"):
         assert m.params[k].grad is not None and float(m.params[k].grad.abs().sum()) > 0, k
-    assert set(aux) == {"loss", "embedding_std"}
+    assert set(aux) == {"loss", "embedding_std", "embedding_spread"}
 
 
 def test_moco_loss_uses_the_queue_and_after_step_enqueues_keys():
     m = tiny_model("moco", queue_size=9)
     batch = views(b=4)
-    loss, aux = m.learner.loss(m.params, m.buffers, batch)
+    _out = m.learner.loss(m.params, m.buffers, batch)
+    loss, aux = _out.loss, {**_out.metrics, **_out.state}
     assert aux["keys"].shape == (4, 8) and torch.allclose(aux["keys"].norm(dim=1), torch.ones(4), atol=1e-5)
     loss.backward()
     with torch.no_grad():
         for _ in range(3):  # 12 keys into 9 slots: wraps around
-            m.learner.after_step(m.params, m.buffers, aux, 0, 10)
+            apply_update(m, aux, 0, 10)
     assert int(m.buffers["learner.queue_ptr"]) == 12 % 9
     assert torch.allclose(m.buffers["learner.queue"][:3], aux["keys"][1:])
     sym = tiny_model("moco", symmetric=True)
-    assert sym.learner.loss(sym.params, sym.buffers, batch)[1]["keys"].shape == (8, 8)
+    assert sym.learner.loss(sym.params, sym.buffers, batch).state["keys"].shape == (8, 8)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_computes_a_finite_loss_and_updates(name):
     m = tiny_model(name)
     batch = views(b=6, v=1 if name == "rotnet" else 2)
-    loss, aux = m.learner.loss(m.params, m.buffers, batch)
+    _out = m.learner.loss(m.params, m.buffers, batch)
+    loss, aux = _out.loss, {**_out.metrics, **_out.state}
     assert torch.isfinite(loss) and loss.requires_grad
     loss.backward()
     grads = [p.grad for p in m.params.values()]
     assert sum(g is not None and float(g.abs().sum()) > 0 for g in grads) >= len(grads) // 2
     with torch.no_grad():
-        m.learner.after_step(m.params, m.buffers, aux, 1, 10)
+        apply_update(m, aux, 1, 10)
     assert "embedding_std" in aux and 0.0 <= float(aux["embedding_std"]) <= 1.0
 
 
@@ -240,8 +247,9 @@ def test_bad_batches_are_named():
     rot = tiny_model("rotnet")
     rot.learner.loss(rot.params, rot.buffers, views(b=1, v=3))  # any number of views, any batch
     moco = tiny_model("moco", queue_size=7)  # 7 is no multiple of the batch size: handled by wrap-around
-    _, aux = moco.learner.loss(moco.params, moco.buffers, views(b=3))
-    moco.learner.after_step(moco.params, moco.buffers, aux, 0, 1)
+    _out = moco.learner.loss(moco.params, moco.buffers, views(b=3))
+    _, aux = _out.loss, {**_out.metrics, **_out.state}
+    apply_update(moco, aux, 0, 1)
     assert int(moco.buffers["learner.queue_ptr"]) == 3
 
 
@@ -251,15 +259,14 @@ def test_collapse_is_reported_and_warned():
         for k, v in m.params.items():
             if k.startswith("encoder."):
                 v.zero_()  # every image gets the same features, so the same embedding
-    loss, aux = m.learner.loss(m.params, m.buffers, views())
+    _out = m.learner.loss(m.params, m.buffers, views())
+    loss, aux = _out.loss, {**_out.metrics, **_out.state}
     assert float(aux["embedding_std"]) < 1e-6
-    with pytest.warns(RuntimeWarning, match="collapsed at step 0"):
-        m.learner.after_step(m.params, m.buffers, aux, 0, 10)
+    logged = {k: float(v) for k, v in aux.items()}
+    assert "collapsed at step 0" in m.learner.diagnose(logged, 0)
     healthy = tiny_model("simclr")
-    _, aux = healthy.learner.loss(healthy.params, healthy.buffers, views())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        healthy.learner.after_step(healthy.params, healthy.buffers, aux, 0, 10)
+    _out = healthy.learner.loss(healthy.params, healthy.buffers, views())
+    assert healthy.learner.diagnose({k: float(v) for k, v in _out.metrics.items()}, 0) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

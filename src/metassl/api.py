@@ -160,7 +160,7 @@ class FewShotClassifier:
         if self.classifier == "logistic":
             self._state = self._fit_logistic(x, y)
             return self
-        ctx = torch.enable_grad() if m.learner.adapts_with_gradients else torch.no_grad()
+        ctx = torch.no_grad()
         with ctx:
             self._state = m.learner.adapt(m.params, m.buffers, x[None], y[None], len(self.classes_))
         return self
@@ -194,7 +194,7 @@ class FewShotClassifier:
                 z = torch.nn.functional.normalize(self._embed(q), dim=-1).cpu().numpy()
                 out.append(torch.from_numpy(self._state.predict_proba(z)).float())
                 continue
-            ctx = torch.enable_grad() if m.learner.adapts_with_gradients else torch.no_grad()
+            ctx = torch.no_grad()
             with ctx:
                 logits = m.learner.classify(m.params, m.buffers, self._state, q[None])[0]
             out.append(logits.detach().float().softmax(-1).cpu())

@@ -1,7 +1,8 @@
 """Run configuration: typed, validated sections loaded from YAML presets plus `key=value` overrides.
 
-The `model` and `learner` sections are open: their valid keys come from the config class the chosen backbone or
-learner registered, so a new method brings its own hyperparameters without touching this file. Every error names
+The `model`, `learner` and `tasks` sections are open: their valid keys come from the config class the chosen
+backbone, learner or task source registered, so a new plugin brings its own keys without touching this file; the
+`augment` section is the class the augmentation module registers. Every error names
 the key: an unknown key lists the closest valid ones, a bad value gives the allowed range or choices.
 """
 
@@ -18,9 +19,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+from .registry import BACKBONES, LEARNERS, SECTIONS, TASK_SOURCES
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and what is allowed."""
+__all__ = ["ConfigError", "option", "RunConfig", "TaskConfig", "LearnerConfig", "load_config", "resolve"]
 
 
 def option(default: Any = dataclasses.MISSING, *, range: tuple[float | None, float | None] | None = None,
@@ -50,7 +52,8 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    """Training episodes; evaluation episodes are set in `eval` (ways/shots may differ, as in the papers)."""
+    """Training episodes (the keys every task source has); a source adds its own keys by registering a subclass.
+    Evaluation episodes are set in `eval` (ways/shots may differ, as in the papers)."""
 
     source: str = option("auto", help="where training batches come from: auto (the learner's default), labeled, "
                          "or a registered unsupervised source")
@@ -58,29 +61,23 @@ class TaskConfig:
     shots: int = option(1, range=(1, 100000))
     queries: int = option(15, range=(1, 100000))
     tasks_per_batch: int = option(1, range=(1, 100000), help="tasks per meta-batch (one optimizer step)")
-    batch_size: int = option(256, range=(1, 1000000), help="images per step for sources of unlabeled images")
-    views: int = option(2, range=(1, 64), help="augmented views per image for sources of unlabeled images")
-    embed_from: str | None = option(None, help="cactus: run or checkpoint whose encoder embeds the unlabeled images")
-    clusters: int = option(500, range=(2, 1000000), help="cactus: k-means clusters per partition")
-    partitions: int = option(1, range=(1, 1000), help="cactus: k-means partitions (each with random feature scaling)")
-    kmeans_iters: int = option(30, range=(1, 10000), help="cactus: Lloyd iterations per partition")
 
 
 @dataclass
-class AugmentConfig:
-    """Augmentation on the device for self-supervised views (and unsupervised task sources)."""
+class LearnerConfig:
+    """Options every learner has: how the engine runs its loss (read in one place, `engine.meta.StepRunner`).
+    A learner's config class subclasses this and adds its hyperparameters."""
 
-    preset: str = option("auto", choices=("auto", "cifar10", "omniglot", "mnist", "generic", "none"),
-                         help="auto: chosen from the data set; the keys below override the preset when set")
-    crop_scale: list[float] | None = option(None, help="random resized crop area range, e.g. [0.08, 1.0]")
-    crop_ratio: list[float] | None = option(None, help="aspect ratio range, e.g. [0.75, 1.333]")
-    flip: float | None = option(None, range=(0.0, 1.0), help="horizontal flip probability")
-    jitter: float | None = option(None, range=(0.0, 1.0), help="color jitter probability")
-    jitter_strength: list[float] | None = option(None, help="brightness, contrast, saturation, hue")
-    grayscale: float | None = option(None, range=(0.0, 1.0), help="random grayscale probability")
-    blur: float | None = option(None, range=(0.0, 1.0), help="Gaussian blur probability")
-    solarize: float | None = option(None, range=(0.0, 1.0), help="solarization probability")
-    rotate90: float | None = option(None, range=(0.0, 1.0), help="probability of a random 90-degree rotation")
+    name: str = "learner"
+    amp: str = option("none", choices=("none", "bf16"),
+                      help="bf16 autocast of the forward pass (CUDA only; losses are computed in float32)")
+    compile: bool = option(False, help="torch.compile the loss (falls back to eager if compiling fails)")
+    tasks_per_chunk: int | None = option(None, range=(1, None),
+                                         help="the batch is processed this many tasks at a time, gradients "
+                                              "accumulated (bounds memory; same gradient); null: all at once")
+    path: str = option("auto", choices=("auto", "vmap", "loop"),
+                       help="per-task functions vectorized with vmap, or a per-task loop; auto: the engine times both "
+                            "(learners without per-task functions ignore it)")
 
 
 @dataclass
@@ -140,8 +137,8 @@ class EvalConfig:
                                      help="the paper's accuracy per protocol, e.g. {5w1s: 98.8}, for tables")
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "tasks": TaskConfig, "augment": AugmentConfig, "aux": AuxConfig,
-                             "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
+FIXED_SECTIONS: dict[str, type] = {"data": DataConfig, "aux": AuxConfig, "optim": OptimConfig, "train": TrainConfig,
+                                   "eval": EvalConfig}
 TOP_LEVEL = ("name", "seed", "output_dir", "description", "init_from", "data", "tasks", "augment", "aux", "model",
              "learner", "optim", "train", "eval")
 
@@ -155,8 +152,8 @@ class RunConfig:
     # start the encoder from an earlier run or checkpoint (e.g. self-supervised pre-training); matched by name
     init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    tasks: TaskConfig = field(default_factory=TaskConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tasks: Any = field(default_factory=TaskConfig)  # the task source's registered config class
+    augment: Any = None  # the registered `augment` section (metassl.data.augment.AugmentSpec)
     aux: AuxConfig = field(default_factory=AuxConfig)
     model: Any = None  # the backbone's registered config class
     learner: Any = None  # the learner's registered config class
@@ -254,7 +251,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _check(value: Any, f: dataclasses.Field, key: str) -> None:
     rng, choices = f.metadata.get("range"), f.metadata.get("choices")
-    items = value if isinstance(value, list) else [value]
+    items = value if isinstance(value, (list, tuple)) else [value]
     for v in items:
         if v is None:
             continue
@@ -275,8 +272,9 @@ def unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigErro
     return ConfigError(f"unknown config key {key!r}{hint} Valid keys in {where}: {', '.join(valid)}")
 
 
-def build(cls: type, values: dict[str, Any] | None, prefix: str) -> Any:
-    """Make a `cls` instance from a mapping, naming `prefix.key` in every error."""
+def build(cls: type, values: dict[str, Any] | None, prefix: str, where: str | None = None) -> Any:
+    """Make a `cls` instance from a mapping, naming `prefix.key` in every error (`where`: how to name the section
+    in the list of valid keys)."""
     values = dict(values or {})
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix} must be a mapping, got {values!r}")
@@ -285,7 +283,7 @@ def build(cls: type, values: dict[str, Any] | None, prefix: str) -> Any:
     kwargs = {}
     for k, v in values.items():
         if k not in fields:
-            raise unknown_key(f"{prefix}.{k}", fields, prefix)
+            raise unknown_key(f"{prefix}.{k}", fields, where or prefix)
         key = f"{prefix}.{k}"
         val = _coerce(v, hints[k], key)
         _check(val, fields[k], key)
@@ -390,11 +388,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def task_source_name(source: str, learner: str) -> str:
+    """The task source a config trains on: `tasks.source`, or the learner's default when it is `auto`."""
+    return LEARNERS.lookup(learner).default_source if source == "auto" else source
+
+
+def sections() -> dict[str, type]:
+    """Every section with a fixed class: this module's and the registered ones (`augment`)."""
+    return {**FIXED_SECTIONS, **{name: cls for name, cls in SECTIONS.items()}}
+
+
 def resolve(data: dict[str, Any]) -> RunConfig:
     """Validate a raw config mapping into a RunConfig."""
-    from .learners import get_learner
-    from .models import get_backbone
-
     data = dict(data)
     for k in data:
         if k not in TOP_LEVEL:
@@ -407,15 +412,35 @@ def resolve(data: dict[str, Any]) -> RunConfig:
         kwargs["init_from"] = _coerce(data["init_from"], str, "init_from")
     if "seed" in data:
         kwargs["seed"] = _coerce(data["seed"], int, "seed")
-    for name, cls in SECTIONS.items():
+    for name, cls in sections().items():
         kwargs[name] = build(cls, data.get(name), name)
     model = dict(data.get("model") or {})
-    backbone = get_backbone(str(model.get("backbone", "conv4")))
+    backbone = BACKBONES.lookup(str(model.get("backbone", "conv4")))
     kwargs["model"] = build(backbone.config, model, "model")
     learner = dict(data.get("learner") or {})
-    spec = get_learner(str(learner.get("name", "protonet")))
+    spec = LEARNERS.lookup(str(learner.get("name", "protonet")))
     kwargs["learner"] = build(spec.config, learner, "learner")
+    tasks = dict(data.get("tasks") or {})
+    source = TASK_SOURCES.lookup(task_source_name(str(tasks.get("source", "auto")), kwargs["learner"].name))
+    kwargs["tasks"] = build(source.config, tasks, "tasks", f"tasks (for tasks.source {source.name})")
     return RunConfig(**kwargs)
+
+
+# keys of the fixed `tasks` section before each task source owned its own (checkpoint format 1): a stored config
+# has all of them, whatever its source
+LEGACY_TASK_KEYS = ("batch_size", "views", "embed_from", "clusters", "partitions", "kmeans_iters")
+
+
+def resolve_stored(data: dict[str, Any]) -> RunConfig:
+    """Validate a config stored by a run (config.yaml, a checkpoint's state.json), also one written before the task
+    sources owned their keys: those of the old fixed `tasks` section that its source does not have are dropped."""
+    data = dict(data)
+    tasks = dict(data.get("tasks") or {})
+    learner = str((data.get("learner") or {}).get("name", "protonet"))
+    source = TASK_SOURCES.lookup(task_source_name(str(tasks.get("source", "auto")), learner))
+    own = {f.name for f in dataclasses.fields(source.config)}
+    data["tasks"] = {k: v for k, v in tasks.items() if k in own or k not in LEGACY_TASK_KEYS}
+    return resolve(data)
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
@@ -427,15 +452,12 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 
 def get_learner_config_lines() -> list[str]:
-    """Config keys of every registered backbone (`model.*`) and learner (`learner.*`)."""
-    from .learners import LEARNERS
-    from .models import BACKBONES
-
+    """Config keys of every registered backbone (`model.*`), learner (`learner.*`) and task source (`tasks.*`)."""
     lines = []
-    for name, spec in sorted(BACKBONES.items()):
-        lines.append(f"# model.backbone: {name}")
-        lines += describe(spec.config, "model")[1:]
-    for name, spec in sorted(LEARNERS.items()):
-        lines.append(f"# learner.name: {name}")
-        lines += describe(spec.config, "learner")[1:]
+    for kind, registry, prefix, skip in (("model.backbone", BACKBONES, "model", 1), ("learner.name", LEARNERS,
+                                         "learner", 1), ("tasks.source", TASK_SOURCES, "tasks", 0)):
+        for name, spec in registry.items():
+            desc = getattr(spec, "description", "")
+            lines.append(f"# {kind}: {name}" + (f"  ({desc})" if desc else ""))
+            lines += describe(spec.config, prefix)[skip:]
     return lines

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine.atomic import atomic_write_path, atomic_write_text
+from .atomic import atomic_write_path, atomic_write_text
 from .engine.build import Model, load_model
 
 

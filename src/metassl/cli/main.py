@@ -11,6 +11,7 @@ from pathlib import Path
 
 # errors users can fix get one clear line (plus the fix), not a traceback
 from ..config import ConfigError
+from ..engine.distributed import DistInfo
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError,
                                                  NotImplementedError, FloatingPointError, ImportError)
@@ -39,12 +40,26 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"run folder: {run_dir}")
     res = train(cfg, run_dir, resume=a.resume, data_root=a.data_root)
     print(f"trained {res.steps} steps in {res.seconds:.1f} s; final loss {res.final_loss}")
+    if cfg.train.report and DistInfo.from_env().is_main:
+        _write_report(run_dir, a.data_root, cfg.train.report_episodes, cfg.train.device)
     if a.eval:
         a2 = argparse.Namespace(run=str(run_dir), dataset=None, split=None, ways=None, shots=None, queries=None,
                                 episodes=None, seed=None, json=False, data_root=a.data_root, which="latest",
                                 device=None, batch_episodes=None, out=None)
         cmd_eval(a2)
     return 0
+
+
+def _write_report(run_dir: Path, data_root: str | None, episodes: int, device: str) -> None:
+    """The run's HTML report after training; a failure here is reported but never loses the trained run."""
+    from ..engine.distributed import resolve_device
+    from ..report import write_report
+
+    try:
+        r = write_report(run_dir, data_root, episodes, str(resolve_device(device)))
+        print(f"report: {r.html}")
+    except Exception as e:  # noqa: BLE001 - the checkpoint is already safe; say what went wrong
+        print(f"report not written ({type(e).__name__}: {e}); run `metassl report {run_dir}`")
 
 
 def evaluate_run(run: str, dataset=None, split=None, ways=None, shots=None, queries=None, episodes=None, seed=None,
@@ -76,7 +91,7 @@ def evaluate_run(run: str, dataset=None, split=None, ways=None, shots=None, quer
 
             bar = tqdm(total=p.episodes, desc=f"eval {p.tag}", unit="ep", leave=False, file=sys.stderr)
         r = evaluate(model.predict, data, p, model.preprocess, batch_episodes or cfg.eval.batch_episodes,
-                     model.learner.adapts_with_gradients, progress=bar.update if bar else None)
+                     progress=bar.update if bar else None)
         if bar:
             bar.close()
         results.append(r)
@@ -127,7 +142,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
              "step": state["step"]}
         print(json.dumps(d, indent=1) if a.json else r.line())
         if a.out:
-            from ..engine.atomic import atomic_write_text
+            from ..atomic import atomic_write_text
 
             atomic_write_text(a.out, json.dumps(d, indent=1) + "\n")
         return 0
@@ -149,7 +164,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))
     if a.out:
-        from ..engine.atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(a.out, json.dumps(rows, indent=1) + "\n")
     return 0
@@ -185,10 +200,10 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 
 def cmd_presets(a: argparse.Namespace) -> int:
-    from ..config import (SECTIONS, describe, get_learner_config_lines, list_presets, load_raw)
+    from ..config import describe, get_learner_config_lines, list_presets, load_raw, sections
 
     if a.keys:
-        for name, cls in SECTIONS.items():
+        for name, cls in sections().items():
             print("\n".join(describe(cls, name)))
         print("\n".join(get_learner_config_lines()))
         return 0
@@ -226,7 +241,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import io
 
     from ..api import FewShotClassifier, list_image_files
-    from ..engine.atomic import atomic_write_text
+    from ..atomic import atomic_write_text
 
     if a.out and Path(a.out).exists() and not a.force:
         raise FileExistsError(f"{a.out} exists; pass --force to overwrite it or choose another --out")

@@ -7,7 +7,7 @@ from .loaders.folder import load_image_folder
 from .registry import DATASETS, DatasetSpec, get_dataset, list_datasets, load_dataset, register_dataset
 from .root import DatasetNotFoundError, cache_dir, resolve_data_root
 from .augment import AugmentSpec, augment
-from .views import ViewBatch, ViewSource  # registers the `views` task source
+from .views import ViewBatch, ViewSource
 
 __all__ = [
     "ClassSplit", "Preprocess", "TaskBatch", "check_task_shape", "episode_seed", "eval_episodes", "sample_tasks",
@@ -15,5 +15,3 @@ __all__ = [
     "register_dataset", "DatasetNotFoundError", "cache_dir", "resolve_data_root", "AugmentSpec", "augment", "ViewBatch",
     "ViewSource",
 ]
-from . import umtra  # noqa: E402,F401  (registers the `umtra` task source)
-from . import cactus  # noqa: E402,F401  (registers the `cactus` task source)

@@ -26,94 +26,110 @@ PIL. The operations, in this order (the order of SimCLR's and BYOL's pipelines):
 
 `blur` and `solarize` are per-view tuples (cycled when there are more views), for BYOL's asymmetric views. Grayscale
 images (C = 1) get brightness and contrast only.
+
+`AugmentSpec` is both the run's `augment` config section and what `augment` applies: a field left unset (None) comes
+from the preset in a config (`resolve_augment`) and is off when a spec is applied directly. Presets are registered
+by name (`register_augmentation`, built-in ones in `augment_presets.py`); a data set names its default preset in its
+registration, and a method may adapt the preset to its views (`LearnerSpec.augment`, e.g. BYOL's asymmetric views).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..config import option
+from ..errors import ConfigError
+from ..registry import AUGMENTATIONS, DATASETS, LEARNERS, SECTIONS
 
-__all__ = ["AugmentSpec", "PRESETS", "augment", "resolve_augment", "preset_for_dataset", "weak_view"]
+__all__ = ["AugmentSpec", "PRESETS", "augment", "register_augmentation", "resolve_augment", "weak_view"]
+
+_P = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    name: str = "none"
-    crop_scale: tuple[float, float] | None = None  # None: no random resized crop
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: float = 0.0
-    jitter: float = 0.0
-    jitter_strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-    jitter_order: str = "random"  # or "fixed"
-    grayscale: float = 0.0
-    blur: tuple[float, ...] = (0.0,)  # per view, cycled
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel: float = 0.1  # kernel side as a fraction of the image side
-    solarize: tuple[float, ...] = (0.0,)  # per view, cycled
-    rotate90: float = 0.0
-    degrees: float = 0.0
-    translate: float = 0.0
+    """Augmentation on the device for self-supervised views and unsupervised task sources (`augment.*` keys)."""
+
+    preset: str = option("auto", help="auto: the data set's preset; the keys below override the preset when set "
+                         "(see `metassl presets --keys` for the registered presets)")
+    crop_scale: tuple[float, float] | None = option(None, help="random resized crop area range, e.g. [0.08, 1.0]")
+    crop_ratio: tuple[float, float] | None = option(None, help="aspect ratio range, e.g. [0.75, 1.333]")
+    flip: float | None = option(None, range=_P, help="horizontal flip probability")
+    jitter: float | None = option(None, range=_P, help="color jitter probability")
+    jitter_strength: tuple[float, ...] | None = option(None, help="brightness, contrast, saturation, hue")
+    jitter_order: str | None = option(None, choices=("random", "fixed"), help="random order per image or fixed")
+    grayscale: float | None = option(None, range=_P, help="random grayscale probability")
+    blur: tuple[float, ...] | None = option(None, range=_P, help="Gaussian blur probability (one per view, cycled)")
+    blur_sigma: tuple[float, float] | None = option(None, help="blur sigma range")
+    blur_kernel: float | None = option(None, range=(0.0, 1.0), help="blur kernel side as a fraction of the side")
+    solarize: tuple[float, ...] | None = option(None, range=_P, help="solarization probability (per view, cycled)")
+    rotate90: float | None = option(None, range=_P, help="probability of a random 90-degree rotation")
+    degrees: float | None = option(None, range=(0.0, 180.0), help="small random rotation of up to this many degrees")
+    translate: float | None = option(None, range=(0.0, 1.0), help="random translation of up to this x the side")
+
+    @property
+    def name(self) -> str:
+        return self.preset
+
+    def validate(self) -> None:
+        if self.crop_scale is not None:
+            _pair(self.crop_scale, "augment.crop_scale", 1e-6, 1.0)
+        if self.crop_ratio is not None:
+            _pair(self.crop_ratio, "augment.crop_ratio", 1e-3, None)
+        if self.jitter_strength is not None:
+            js = list(self.jitter_strength)
+            if len(js) != 4 or any(v < 0 for v in js) or js[3] > 0.5:
+                raise ConfigError(f"augment.jitter_strength must be four numbers [brightness, contrast, saturation, "
+                                  f"hue] >= 0 with hue <= 0.5, got {js}")
+        if self.blur_sigma is not None:
+            _pair(self.blur_sigma, "augment.blur_sigma", 1e-6, None)
+
+    def filled(self) -> "AugmentSpec":
+        """Every unset field at its 'off' value (no crop, probabilities 0, torchvision's default ranges)."""
+        return replace(self, **{k: v for k, v in OFF.items() if getattr(self, k) is None})
+
+    def overridden_by(self, other: "AugmentSpec") -> "AugmentSpec":
+        """This spec with every field that `other` sets (not None) replaced by `other`'s value."""
+        changes = {f.name: getattr(other, f.name) for f in dataclasses.fields(other)
+                   if f.name != "preset" and getattr(other, f.name) is not None}
+        return replace(self, **changes) if changes else self
 
     @property
     def geometric(self) -> bool:
-        return (self.crop_scale is not None or self.flip > 0 or self.rotate90 > 0 or self.degrees > 0
-                or self.translate > 0)
+        s = self.filled()
+        return s.crop_scale is not None or s.flip > 0 or s.rotate90 > 0 or s.degrees > 0 or s.translate > 0
 
 
-_SIMCLR_CIFAR = AugmentSpec(  # SimCLR's CIFAR-10 recipe (colour strength s = 0.5), lightly's CIFAR-10 benchmark
-    name="cifar10", crop_scale=(0.08, 1.0), flip=0.5, jitter=0.8, jitter_strength=(0.4, 0.4, 0.4, 0.1),
-    grayscale=0.2)
-_SIMCLR_IMAGENET = AugmentSpec(  # SimCLR's ImageNet recipe (s = 1.0) with blur, kernel 10% of the side
-    name="generic", crop_scale=(0.08, 1.0), flip=0.5, jitter=0.8, jitter_strength=(0.8, 0.8, 0.8, 0.2),
-    grayscale=0.2, blur=(0.5,))
-_CHARACTERS = AugmentSpec(  # handwritten characters: no colour, no flips (they change the character)
-    name="characters", crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), degrees=10.0, translate=0.05)
+OFF: dict[str, Any] = dict(crop_ratio=(3 / 4, 4 / 3), flip=0.0, jitter=0.0, jitter_strength=(0.4, 0.4, 0.4, 0.1),
+                           jitter_order="random", grayscale=0.0, blur=(0.0,), blur_sigma=(0.1, 2.0), blur_kernel=0.1,
+                           solarize=(0.0,), rotate90=0.0, degrees=0.0, translate=0.0)
 
-PRESETS: dict[str, AugmentSpec] = {
-    "cifar10": _SIMCLR_CIFAR,
-    "generic": _SIMCLR_IMAGENET,
-    "omniglot": replace(_CHARACTERS, name="omniglot"),
-    "mnist": replace(_CHARACTERS, name="mnist"),
-    "none": AugmentSpec(),
-}
-# BYOL's asymmetric views (Grill et al. 2020, table 6): view 1 always blurred, never solarized; view 2 blurred with
-# probability 0.1, solarized with 0.2; colour jitter (0.4, 0.4, 0.2, 0.1). At 32 px there is no blur (as in lightly's
-# CIFAR-10 benchmark), the solarization asymmetry stays.
-METHOD_PRESETS: dict[str, dict[str, AugmentSpec]] = {
-    "byol": {
-        "cifar10": replace(_SIMCLR_CIFAR, name="cifar10/byol", jitter_strength=(0.4, 0.4, 0.2, 0.1),
-                           solarize=(0.0, 0.2)),
-        "generic": replace(_SIMCLR_IMAGENET, name="generic/byol", jitter_strength=(0.4, 0.4, 0.2, 0.1),
-                           blur=(1.0, 0.1), solarize=(0.0, 0.2)),
-    },
-    # PsCo's code (Jang et al. 2023): strong view = SimCLR-style crop 0.2-1 + flip + colour; on Omniglot crop + flip
-    "psco": {
-        "omniglot": AugmentSpec(name="omniglot/psco", crop_scale=(0.2, 1.0), flip=0.5),
-        "cifar10": replace(_SIMCLR_CIFAR, name="cifar10/psco", crop_scale=(0.2, 1.0)),
-        "generic": replace(_SIMCLR_IMAGENET, name="generic/psco", crop_scale=(0.2, 1.0)),
-    },
-}
+SECTIONS.add("augment", AugmentSpec)
+PRESETS = AUGMENTATIONS  # name -> AugmentSpec (every field set)
+
+
+def register_augmentation(spec: AugmentSpec) -> AugmentSpec:
+    """Register a preset under `spec.preset`; its unset fields are filled with the 'off' values."""
+    return AUGMENTATIONS.add(spec.preset, spec.filled())
 
 
 def weak_view(spec: AugmentSpec) -> AugmentSpec:
     """The geometric part of `spec` only (no colour jitter, grayscale, blur or solarization): the weak view of
     methods with asymmetric views (PsCo's momentum network)."""
-    return replace(spec, name=f"{spec.name}/weak", jitter=0.0, grayscale=0.0, blur=(0.0,), solarize=(0.0,))
-
-
-# `augment.preset: auto` by data set name; anything not listed gets the generic (ImageNet-like) recipe
-AUTO = {"cifar10": "cifar10", "cifarfs": "cifar10", "cifar_fs": "cifar10", "fc100": "cifar10", "omniglot": "omniglot",
-        "mnist": "mnist", "digits": "mnist"}
+    return replace(spec.filled(), preset=f"{spec.preset}/weak", jitter=0.0, grayscale=0.0, blur=(0.0,),
+                   solarize=(0.0,))
 
 
 def preset_for_dataset(dataset: str) -> str:
-    return AUTO.get(dataset.split("/")[0].lower(), "generic")
+    """The preset a data set registered (`DatasetSpec.augment`); `generic` for names not registered."""
+    spec = DATASETS.get(dataset.split("/")[0])
+    return spec.augment if spec is not None else "generic"
 
 
 def _pair(value: Any, key: str, lo: float, hi: float | None) -> tuple[float, float]:
@@ -123,39 +139,21 @@ def _pair(value: Any, key: str, lo: float, hi: float | None) -> tuple[float, flo
     return float(value[0]), float(value[1])
 
 
-def resolve_augment(aug_cfg: Any | None, dataset: str, method: str | None = None) -> AugmentSpec:
-    """The augmentation of a run: the preset (`augment.preset`, or by data set when `auto`; BYOL's asymmetric variant
-    of the cifar10/generic recipes when the learner is byol), then every `augment.*` key that is set overrides it."""
-    name = getattr(aug_cfg, "preset", "auto") if aug_cfg is not None else "auto"
+def resolve_augment(aug_cfg: AugmentSpec | None, dataset: str, method: str | None = None,
+                    adapt: Callable[[AugmentSpec], AugmentSpec] | None = None) -> AugmentSpec:
+    """The augmentation of a run: the preset (`augment.preset`, or the data set's when `auto`), adapted by the
+    learner's `augment` hook (`method`, or `adapt` directly; e.g. BYOL's asymmetric views), then every `augment.*`
+    key that is set overrides it."""
+    name = aug_cfg.preset if aug_cfg is not None else "auto"
     if name == "auto":
         name = preset_for_dataset(dataset)
-    if name not in PRESETS:
-        raise ConfigError(f"augment.preset must be one of auto, {', '.join(PRESETS)}; got {name!r}")
-    spec = METHOD_PRESETS.get(method or "", {}).get(name, PRESETS[name])
-    if aug_cfg is None:
-        return spec
-    changes: dict[str, Any] = {}
-    if aug_cfg.crop_scale is not None:
-        changes["crop_scale"] = _pair(aug_cfg.crop_scale, "augment.crop_scale", 1e-6, 1.0)
-    if aug_cfg.crop_ratio is not None:
-        changes["crop_ratio"] = _pair(aug_cfg.crop_ratio, "augment.crop_ratio", 1e-3, None)
-        if changes["crop_ratio"][0] <= 0:
-            raise ConfigError("augment.crop_ratio must be positive")
-    if aug_cfg.jitter_strength is not None:
-        js = list(aug_cfg.jitter_strength)
-        if len(js) != 4 or any(v < 0 for v in js) or js[3] > 0.5:
-            raise ConfigError(f"augment.jitter_strength must be four numbers [brightness, contrast, saturation, hue] "
-                              f">= 0 with hue <= 0.5, got {js}")
-        changes["jitter_strength"] = tuple(float(v) for v in js)
-    for key in ("flip", "jitter", "grayscale", "rotate90"):
-        v = getattr(aug_cfg, key)
-        if v is not None:
-            changes[key] = float(v)
-    for key in ("blur", "solarize"):  # one probability for every view
-        v = getattr(aug_cfg, key)
-        if v is not None:
-            changes[key] = (float(v),)
-    return replace(spec, **changes) if changes else spec
+    spec = AUGMENTATIONS.lookup(name)
+    if adapt is None and method:
+        learner = LEARNERS.get(method)
+        adapt = getattr(learner, "augment", None)
+    if adapt is not None:
+        spec = adapt(spec)
+    return spec if aug_cfg is None else spec.overridden_by(aug_cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,6 +345,7 @@ def augment(images: torch.Tensor, spec: AugmentSpec, views: int = 2,
     """`views` augmented views of every image: [B, C, H, W] (uint8 or float in [0, 1]) -> float [V, B, C, H, W]."""
     if images.dim() != 4:
         raise ValueError(f"augment expects images [B, C, H, W], got shape {tuple(images.shape)}")
+    spec = spec.filled()
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
     x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()

@@ -2,7 +2,8 @@
 embeddings of unlabeled images, treat clusters as classes, and draw N-way K-shot tasks from them, for any learner.
 
 - Embeddings: the encoder of an earlier run (`tasks.embed_from`, e.g. a SimCLR run), applied once to every training
-  image with that run's recorded preprocessing, L2-normalized. Labels are never read.
+  image with that run's recorded preprocessing, L2-normalized. Labels are never read. The engine supplies the
+  embedding function (`embed` in the source context): this layer never loads a model.
 - Partitions: `tasks.partitions` k-means clusterings with `tasks.clusters` centres each; as in the paper, every
   partition after the first clusters the embeddings with each dimension multiplied by a random scale (U(0, 1)), so
   the partitions differ. k-means is Lloyd's algorithm on the device with k-means++ seeding, deterministic by the run
@@ -13,13 +14,22 @@ embeddings of unlabeled images, treat clusters as classes, and draw N-way K-shot
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, TaskConfig, option
 from .episodic import ClassSplit, TaskBatch, _draw
 from .task_sources import register_task_source
+
+
+@dataclass
+class CACTUsTaskConfig(TaskConfig):
+    embed_from: str | None = option(None, help="run or checkpoint whose encoder embeds the unlabeled images")
+    clusters: int = option(500, range=(2, 1000000), help="k-means clusters per partition")
+    partitions: int = option(1, range=(1, 1000), help="k-means partitions (each with random feature scaling)")
+    kmeans_iters: int = option(30, range=(1, 10000), help="Lloyd iterations per partition")
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
@@ -46,31 +56,21 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     return assign
 
 
-def embed_split(path: str, split: ClassSplit, device, batch: int = 1024) -> torch.Tensor:
-    from ..engine.build import load_model
-
-    model, _ = load_model(path, device)
-    if tuple(model.image_shape) != split.image_shape:
-        raise ConfigError(f"tasks.embed_from={path}: its encoder takes {tuple(model.image_shape)} images but "
-                          f"{split.name} has {split.image_shape}; use an encoder trained at this image size")
-    model.train(False)
-    out = []
-    with torch.no_grad():
-        for s in range(0, split.images.shape[0], batch):
-            x = model.preprocess(split.images[s:s + batch])
-            out.append(model.learner.embed(model.params, model.buffers, x).float())
-    return torch.nn.functional.normalize(torch.cat(out), dim=1)
-
-
-@register_task_source("cactus")
+@register_task_source("cactus", CACTUsTaskConfig)
 class CACTUsTasks:
+    """N-way K-shot tasks from k-means clusters of an earlier encoder's embeddings (CACTUs)."""
+
     def __init__(self, cfg: Any, split: ClassSplit, generator: torch.Generator, config: Any = None,
-                 embeddings: torch.Tensor | None = None, **_: Any):
+                 embeddings: torch.Tensor | None = None,
+                 embed: Callable[[str, ClassSplit], torch.Tensor] | None = None, **_: Any):
         if embeddings is None:
             if not cfg.embed_from:
                 raise ConfigError("tasks.source=cactus needs tasks.embed_from: a run or checkpoint whose encoder "
                                   "embeds the unlabeled images (e.g. a SimCLR run)")
-            embeddings = embed_split(cfg.embed_from, split, split.device)
+            if embed is None:
+                raise ConfigError("tasks.source=cactus needs an embedding function (the trainer passes one); when "
+                                  "building the source yourself, pass embeddings=... or embed=...")
+            embeddings = torch.nn.functional.normalize(embed(cfg.embed_from, split).float(), dim=1)
         self.cfg, self.split, self.generator = cfg, split, generator
         seed = (config.seed if config is not None else 0) * 7919
         orders, sizes = [], []  # per partition: image indices grouped by cluster [M], cluster sizes [k]

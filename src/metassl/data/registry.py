@@ -1,4 +1,5 @@
-"""The registry of data sets: a data set is one module that calls `register_dataset` once."""
+"""Data sets: a data set is one module in `data/loaders/` (or a plugin package) that calls `register_dataset` once;
+it is found by plugin discovery (`metassl.registry.discover`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ..registry import Registry
+from ..registry import DATASETS
 from .episodic import ClassSplit
 from .root import resolve_data_root
 
@@ -27,9 +28,8 @@ class DatasetSpec:
     locate: Callable[[Path], Path]
     # a generic layout (e.g. an image folder) that reads the data root itself: not probed by `metassl datasets`
     generic: bool = False
-
-
-DATASETS: Registry[DatasetSpec] = Registry("data set", "data.dataset")
+    # the augmentation preset `augment.preset: auto` picks for this data set (a registered preset name)
+    augment: str = "generic"
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -37,13 +37,11 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    _import_builtin()
     return DATASETS.lookup(name)
 
 
 def list_datasets() -> list[DatasetSpec]:
-    _import_builtin()
-    return [DATASETS[k] for k in sorted(DATASETS)]
+    return DATASETS.values()
 
 
 def load_dataset(name: str, split: str, data_root: str | Path | None = None, image_size: int | None = None,
@@ -59,13 +57,3 @@ def load_dataset(name: str, split: str, data_root: str | Path | None = None, ima
         raise ValueError(f"image_size must be an integer in [4, 1024], got {size!r}")
     out = spec.load(resolve_data_root(data_root), split, size)
     return out.to(device)
-
-
-_IMPORTED = False
-
-
-def _import_builtin() -> None:
-    global _IMPORTED  # import-time registration of the built-in loaders, done once; holds no run state
-    if not _IMPORTED:
-        _IMPORTED = True
-        from . import loaders  # noqa: F401

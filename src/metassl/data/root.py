@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..engine.atomic import atomic_write_path
+from ..atomic import atomic_write_path
 
 
 class DatasetNotFoundError(FileNotFoundError):

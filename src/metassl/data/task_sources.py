@@ -1,37 +1,60 @@
-"""Task sources: where training episodes come from. `labeled` draws N-way K-shot tasks from a labeled split;
-unsupervised sources (UMTRA, CACTUs, ...) register here the same way and feed any learner."""
+"""Task sources: where training batches come from. `labeled` draws N-way K-shot tasks from a labeled split;
+unsupervised sources (UMTRA, CACTUs, views, PsCo's views) register the same way, each in its own file, with the
+config class of their `tasks.*` keys (a subclass of `TaskConfig`), and feed any learner that takes their batches.
+
+A source is built as `factory(task_cfg, split, generator, config=RunConfig, **context)`; the engine's context may
+hold `device` and `embed` (a function `embed(run_or_checkpoint, split) -> [M, D]` features of the split's images,
+for sources that cluster an earlier model's embeddings: the data layer never loads a model itself)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
 import torch
 
-from ..registry import Registry
+from ..config import TaskConfig
+from ..registry import TASK_SOURCES
 from .augment import augment
 from .episodic import ClassSplit, TaskBatch, check_task_shape, sample_tasks
 
+__all__ = ["TaskSource", "TaskSourceSpec", "register_task_source", "make_task_source", "LabeledTasks",
+           "AuxiliaryViews"]
+
 
 class TaskSource(Protocol):
-    def sample(self) -> TaskBatch: ...
+    def sample(self) -> Any: ...
 
 
-TASK_SOURCES: Registry[Callable[..., TaskSource]] = Registry("task source", "tasks.source")
+@dataclass(frozen=True)
+class TaskSourceSpec:
+    name: str
+    factory: Callable[..., TaskSource]
+    config: type = TaskConfig  # the `tasks` section when this source is chosen
+    description: str = ""
 
 
-def register_task_source(name: str):
-    """Class decorator: `factory(task_cfg, split, generator, config=RunConfig, device=...)` builds the source."""
+def register_task_source(name: str, config: type = TaskConfig, description: str = ""):
+    """Class decorator: registers `factory(task_cfg, split, generator, config=RunConfig, **context)` and the
+    config class of its `tasks.*` keys."""
+    if not issubclass(config, TaskConfig):
+        raise TypeError(f"task source {name!r}: its config class must subclass metassl.config.TaskConfig")
+
     def deco(factory):
-        return TASK_SOURCES.add(name, factory)
+        TASK_SOURCES.add(name, TaskSourceSpec(name, factory, config, description or _first_line(factory)))
+        return factory
     return deco
+
+
+def _first_line(obj: Any) -> str:
+    return (obj.__doc__ or "").strip().split("\n")[0]
 
 
 def make_task_source(task_cfg: Any, split: ClassSplit, generator: torch.Generator, default: str = "labeled",
                      **extra: Any) -> TaskSource:
     """The source named by `tasks.source` (`auto`: the learner's default), built for `split`."""
     name = default if task_cfg.source == "auto" else task_cfg.source
-    return TASK_SOURCES.lookup(name)(task_cfg, split, generator, **extra)
+    return TASK_SOURCES.lookup(name).factory(task_cfg, split, generator, **extra)
 
 
 @register_task_source("labeled")

@@ -15,12 +15,18 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, TaskConfig, option
 from .augment import AugmentSpec, augment, resolve_augment
 from .episodic import ClassSplit
 from .task_sources import register_task_source
 
-__all__ = ["ViewBatch", "ViewSource"]
+__all__ = ["ViewBatch", "ViewSource", "ViewsTaskConfig"]
+
+
+@dataclass
+class ViewsTaskConfig(TaskConfig):
+    batch_size: int = option(256, range=(1, 1000000), help="distinct images per step")
+    views: int = option(2, range=(1, 64), help="augmented views per image")
 
 
 @dataclass
@@ -31,12 +37,15 @@ class ViewBatch:
     indices: torch.Tensor | None = None  # [B] positions of the images in the split (for tests and debugging)
 
     @property
-    def num_views(self) -> int:
-        return self.views.shape[0]
-
-    @property
-    def batch_size(self) -> int:
+    def num_tasks(self) -> int:
+        """The images of the batch: the unit along which it is split into chunks."""
         return self.views.shape[1]
+
+    def chunks(self, size: int) -> list["ViewBatch"]:
+        """Split along the images into batches of at most `size` (a contrastive loss of a chunk only sees the
+        chunk's negatives: chunking a view batch changes the loss, unlike a batch of tasks)."""
+        return [ViewBatch(self.views[:, s:s + size], None if self.indices is None else self.indices[s:s + size])
+                for s in range(0, self.num_tasks, size)]
 
     def map_images(self, fn) -> "ViewBatch":
         """Apply `fn` to the views (e.g. the data set's normalization), as `TaskBatch.map_images`."""
@@ -46,7 +55,7 @@ class ViewBatch:
         return ViewBatch(self.views.to(device), None if self.indices is None else self.indices.to(device))
 
 
-@register_task_source("views")
+@register_task_source("views", ViewsTaskConfig)
 class ViewSource:
     """`tasks.batch_size` images x `tasks.views` augmented views per step, drawn on the split's device."""
 

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig, resolve
+from ..config import ConfigError, RunConfig, apply_overrides, resolve_stored
 from ..data.episodic import Preprocess
-from ..learners import Learner, get_learner
+from ..learners.base import EngineOptions, Learner, get_learner
 from ..models import build_backbone, feature_dim
+from ..ssl.auxiliary import SelfSupervisedAuxiliary
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
 Tensors = dict[str, torch.Tensor]
@@ -65,14 +66,12 @@ class Model:
 def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: Preprocess,
                 device: torch.device | str = "cpu") -> Model:
     encoder = build_backbone(cfg.model, image_shape[0]).to(device)
-    learner = get_learner(cfg.learner.name).build(cfg.learner, encoder)
-    if cfg.aux.rotation > 0 or cfg.aux.contrastive > 0:
-        from ..learners.auxiliary import SelfSupervisedAuxiliary
-
-        learner = SelfSupervisedAuxiliary(learner, cfg.aux.rotation, cfg.aux.contrastive, cfg.aux.temperature)
-    if cfg.train.channels_last and any(isinstance(m, nn.Conv2d) for m in encoder.modules()):
+    options = EngineOptions.from_config(cfg, encoder)
+    if options.channels_last:
         encoder.to(memory_format=torch.channels_last)
-        learner.channels_last = True
+    learner = get_learner(cfg.learner.name).build(cfg.learner, encoder).with_options(options)
+    if cfg.aux.rotation > 0 or cfg.aux.contrastive > 0:
+        learner = SelfSupervisedAuxiliary(learner, cfg.aux.rotation, cfg.aux.contrastive, cfg.aux.temperature)
     dim = feature_dim(encoder, image_shape)
     params = {f"encoder.{k}": v for k, v in encoder.named_parameters()}
     buffers = {f"encoder.{k}": v for k, v in encoder.named_buffers()}
@@ -130,13 +129,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", which: str 
     tensors, state, _ = load_checkpoint(folder)
     config = state["config"]
     if learner_overrides:
-        from ..config import ConfigError, apply_overrides
-
         bad = [o for o in learner_overrides if not o.startswith("learner.") or o.startswith("learner.name=")]
         if bad:
             raise ConfigError(f"evaluation overrides must be learner.KEY=VALUE (not learner.name); got {bad}")
         config = apply_overrides(config, list(learner_overrides))
-    cfg = resolve(config)
+    cfg = resolve_stored(config)
     model = build_model(cfg, tuple(state["image_shape"]), Preprocess.from_dict(state["preprocess"]), device)
     model.load_tensors(tensors, str(folder))
     model.train(False)

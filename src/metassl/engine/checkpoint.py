@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_directory, atomic_write_text
+from ..atomic import atomic_directory, atomic_write_text
 
 FORMAT = "metassl-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each task source owns its `tasks` keys (format 1 configs are upgraded on load)
 
 
 class CheckpointError(ValueError):

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_path, atomic_write_text
+from ..atomic import atomic_write_path, atomic_write_text
 from .distributed import DistInfo
 
 

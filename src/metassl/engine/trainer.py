@@ -1,7 +1,9 @@
 """The training loop: the one place that owns state (tensors, optimizer, random generators, files).
 
 One step: draw a batch of tasks on the device -> preprocess on the device -> learner.loss (a pure function of
-params, buffers and tasks) -> backward -> optimizer step -> log; every so often validate and checkpoint.
+params, buffers and tasks) -> backward -> optimizer step -> learner.update (new buffer values, stored here) -> log;
+every so often validate and checkpoint. Losses are checked for NaN/inf every step on the CPU and when they are
+logged on accelerators; parameters before each checkpoint on accelerators.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,15 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, RunConfig, dump_yaml, resolve
+from ..config import ConfigError, RunConfig, dump_yaml, resolve_stored, task_source_name
+from ..data.augment import resolve_augment
 from ..data.episodic import check_task_shape
 from ..data.registry import load_dataset
-from ..data.augment import resolve_augment
 from ..data.task_sources import AuxiliaryViews, make_task_source
 from ..eval.episodes import Protocol, evaluate
+from ..eval.knn import KNNMonitor
 from ..learners import get_learner
-from .atomic import atomic_write_text
-from .build import Model, build_model
+from ..atomic import atomic_write_text
+from .build import Model, build_model, init_encoder_from
+from .frozen import embed_with_run
 from .checkpoint import find_checkpoint, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
 from .distributed import DistInfo, resolve_device
 from .logging import RunLogger, plot_learning_curves
@@ -103,7 +108,7 @@ class Trainer:
         self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device)
                           if d.val_split and cfg.train.val_every else None)
         try:
-            source = get_learner(cfg.learner.name).default_source if cfg.tasks.source == "auto" else cfg.tasks.source
+            source = task_source_name(cfg.tasks.source, cfg.learner.name)
             if source == "labeled":  # unlabeled sources (views) need no N-way K-shot tasks from the training split
                 check_task_shape(self.train_split, cfg.tasks.ways, cfg.tasks.shots, cfg.tasks.queries)
             if self.val_split is not None:
@@ -116,13 +121,12 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000003 + self.dist.rank)
         spec = get_learner(cfg.learner.name)
         self.source = make_task_source(cfg.tasks, self.train_split, self.generator, spec.default_source,
-                                       config=cfg, device=self.device)
+                                       config=cfg, device=self.device, embed=lambda run, split: embed_with_run(
+                                           run, split, self.device))
         if cfg.aux.contrastive > 0:  # the contrastive auxiliary term needs two augmented views of every image
             self.source = AuxiliaryViews(self.source, resolve_augment(cfg.augment, d.dataset), self.generator)
         self.knn = None  # online kNN monitor (train.knn_every): memory bank from the train split, test-split queries
         if cfg.train.knn_every:
-            from ..eval.knn import KNNMonitor
-
             test = load_dataset(d.dataset, d.test_split, root, d.image_size, self.device)
             try:
                 self.knn = KNNMonitor(self.model, self.train_split, test, self.preprocess, d.dataset)
@@ -131,9 +135,9 @@ class Trainer:
         self.step, self.best_val = 0, None
         self.param_names = list(self.model.params)
         self.init_report = None
+        self.runner: StepRunner | None = None  # chunks, vmap/loop choice, amp, compile: see engine/meta.py
+        self.warned: set[str] = set()
         if cfg.init_from and not resume:
-            from .build import init_encoder_from
-
             self.init_report = init_encoder_from(self.model, cfg.init_from)
             r = self.init_report
             self.echo(f"encoder initialized from {r['init_from']} ({r['source_learner']}, step {r['source_step']}): "
@@ -191,27 +195,39 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         set_lr(self.optimizer, cfg.optim.lr, lr_factor(self.step, cfg.optim, cfg.train.steps))
-        tasks = self.source.sample().map_images(self.preprocess)
+        batch = self.source.sample().map_images(self.preprocess)
         self.model.train(True)
-        if getattr(self, "_runner", None) is None:  # chunks, vmap/loop choice, amp, compile: see engine/meta.py
-            self._runner = StepRunner(self.model, self.device, lambda msg, values: (
+        if self.runner is None:
+            self.runner = StepRunner(self.model, self.device, lambda msg, values: (
                 self.echo(msg), self.logger.log(self.step, values, kind="info")))
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self._runner(tasks)  # forward and backward
+        out = self.runner(batch)  # forward and backward
         # On the CPU the check is free; on an accelerator it would stall the queue every step, so there the losses
         # are checked when they are logged and the parameters before every checkpoint (`_check_finite`).
-        if self.device.type == "cpu" and not torch.isfinite(loss):
-            self._non_finite(self.step, float(loss))
+        if self.device.type == "cpu" and not torch.isfinite(out.loss):
+            self._non_finite(self.step, float(out.loss))
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(list(self.model.params.values()), cfg.optim.grad_clip)
         self.optimizer.step()
-        with torch.no_grad():  # EMA targets, queues (self-supervised learners); a no-op for the others
-            self.model.learner.after_step(self.model.params, self.model.buffers, metrics, self.step, cfg.train.steps)
+        with torch.no_grad():  # EMA targets, queues: new buffer values from the learner, stored here
+            new = self.model.learner.update(self.model.params, self.model.buffers, out.state, self.step,
+                                            cfg.train.steps)
+            for k, v in new.items():
+                if k not in self.model.buffers:
+                    raise KeyError(f"learner {cfg.learner.name}: update returned {k!r}, which is not one of its buffers")
+                self.model.buffers[k].copy_(v)
         self.step += 1
-        # 0-d tensors stay on the device until they are logged; aux tensors (e.g. MoCo's keys) are not logged
-        scalars = {k: v.detach() if torch.is_tensor(v) else float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.dim() == 0)}
-        return scalars | {"loss": loss.detach(), "lr": self.optimizer.param_groups[0]["lr"]}
+        # 0-d tensors stay on the device until they are logged
+        return {k: v.detach() for k, v in out.metrics.items()} | {"loss": out.loss.detach(),
+                                                                  "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _diagnose(self, avg: dict[str, float]) -> None:
+        """Warnings the learner derives from the logged metrics (e.g. collapsed embeddings), each shown once."""
+        diagnose = getattr(self.model.learner, "diagnose", None)
+        msg = diagnose(avg, self.step) if diagnose is not None else None
+        if msg and msg.split(":")[0] not in self.warned:
+            self.warned.add(msg.split(":")[0])
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _non_finite(self, step: int, value: float) -> None:
         inner = " (or learner.inner_lr)" if hasattr(self.cfg.learner, "inner_steps") else ""
@@ -232,20 +248,9 @@ class Trainer:
         p = Protocol(cfg.data.dataset, cfg.data.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries,
                      cfg.train.val_episodes, cfg.eval.seed)
         self.model.train(False)
-        r = evaluate(self.model.predict, self.val_split, p, self.preprocess, cfg.eval.batch_episodes,
-                     self.model.learner.adapts_with_gradients)
+        r = evaluate(self.model.predict, self.val_split, p, self.preprocess, cfg.eval.batch_episodes)
         self.model.train(True)
         return {"accuracy": r.accuracy, "ci95": r.ci95, "protocol": p.tag, "f1": r.metrics["f1"]["mean"]}
-
-    def write_report(self) -> None:
-        """The run's HTML report; a failure here is reported but never loses the trained run."""
-        from ..report import write_report
-
-        try:
-            r = write_report(self.run_dir, self.data_root, self.cfg.train.report_episodes, str(self.device))
-            self.echo(f"report: {r.html}")
-        except Exception as e:  # noqa: BLE001 - the checkpoint is already safe; say what went wrong
-            self.echo(f"report not written ({type(e).__name__}: {e}); run `metassl report {self.run_dir}`")
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -271,6 +276,7 @@ class Trainer:
                     avg["lr"] = m["lr"]
                     avg["elapsed_s"] = round(time.perf_counter() - t0, 2)
                     self.logger.log(self.step, avg)
+                    self._diagnose(avg)
                     history.append({"step": self.step, **avg})
                     last = avg["loss"]
                     if bar is not None:
@@ -305,8 +311,6 @@ class Trainer:
             self.save()  # e.g. train.steps=0: a checkpoint of the initialization
         if self.dist.is_main:
             plot_learning_curves(self.run_dir)
-            if cfg.train.report:
-                self.write_report()
         return TrainResult(self.run_dir, self.step, time.perf_counter() - t0, last, self.best_val, history)
 
 
@@ -325,4 +329,4 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
-    return resolve(apply_overrides(yaml.safe_load(path.read_text()), overrides or []))
+    return resolve_stored(apply_overrides(yaml.safe_load(path.read_text()), overrides or []))

@@ -59,9 +59,9 @@ PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tens
 
 
 def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preprocess: Preprocess | None = None,
-             batch_episodes: int = 50, needs_grad: bool = False, progress: Callable[[int], None] | None = None
-             ) -> EvalResult:
-    """Run `protocol`'s episodes through `predict(support_x, support_y, query_x, ways) -> logits [T, Nq, N]`.
+             batch_episodes: int = 50, progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Run `protocol`'s episodes through `predict(support_x, support_y, query_x, ways) -> logits [T, Nq, N]`, under
+    torch.no_grad (learners that adapt by gradient steps enable gradients themselves).
 
     Episode i is the same for every method (see `eval_episodes`), so results of different methods are paired.
     """
@@ -73,7 +73,7 @@ def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preproce
         count = min(batch_episodes, protocol.episodes - start)
         tasks = eval_episodes(split, protocol.ways, protocol.shots, protocol.queries, protocol.seed, start, count)
         tasks = tasks.map_images(prep)
-        with torch.enable_grad() if needs_grad else torch.no_grad():
+        with torch.no_grad():
             logits = predict(tasks.support_x, tasks.support_y, tasks.query_x, protocol.ways)
         m = episode_metrics(logits, tasks.query_y, protocol.ways)
         for k in METRICS:

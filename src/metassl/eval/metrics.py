@@ -22,8 +22,11 @@ def confidence_interval(values: torch.Tensor | list[float], z: float = 1.96) -> 
 def episode_metrics(logits: torch.Tensor, labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
     """Per-episode metrics from logits [E, Q, N] and labels [E, Q]; each value is a tensor [E].
 
-    Precision of a class that was never predicted counts as 0 (scikit-learn's zero_division=0); ROC-AUC is the
-    probability that a random positive outranks a random negative (ties count one half), per class, averaged.
+    Precision, recall and F1 are macro averages over the classes that occur in the episode's labels or predictions,
+    as scikit-learn's average="macro" with zero_division=0 (a class never predicted has precision 0, one never true
+    has recall 0). ROC-AUC is, per class with positives and negatives among the queries, the probability that a
+    random positive outranks a random negative (exact ties count one half), averaged over those classes; queries
+    are ranked by the exact order of their softmax probabilities (see `_ovr_log_odds`).
     """
     logits = logits.detach().float()
     e, q, n = logits.shape
@@ -38,12 +41,12 @@ def episode_metrics(logits: torch.Tensor, labels: torch.Tensor, ways: int) -> di
     recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
     denom = precision + recall
     f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-12), torch.zeros_like(tp))
-    present = (actual > 0).float()
+    # scikit-learn's macro average runs over unique_labels(y_true, y_pred): a class only predicted counts too
+    present = ((actual > 0) | (predicted > 0)).float()
     k = present.sum(-1).clamp_min(1)
-    probs = logits.softmax(-1)
     aucs = []
     for c in range(n):  # one class at a time bounds memory to [E, Q, Q]
-        s = probs[..., c]
+        s = _ovr_log_odds(logits, c)
         pos = labels == c
         pair_pos = pos.unsqueeze(2) & ~pos.unsqueeze(1)  # [E, Q(pos), Q(neg)]
         gt = (s.unsqueeze(2) > s.unsqueeze(1)).float() + 0.5 * (s.unsqueeze(2) == s.unsqueeze(1)).float()
@@ -58,3 +61,17 @@ def episode_metrics(logits: torch.Tensor, labels: torch.Tensor, ways: int) -> di
         "roc_auc": torch.nanmean(auc, -1),
         "confusion": conf,
     }
+
+
+def _ovr_log_odds(logits: torch.Tensor, c: int) -> torch.Tensor:
+    """Score [E, Q] of class c with the order of its softmax probability p_c: the log-odds log(p_c / (1 - p_c)) =
+    -logsumexp_{j != c}(l_j - l_c), in float64.
+
+    Neither float32 softmax (p_c rounds to 1.0 once the margin passes ~17) nor float64 log-softmax (log p_c rounds
+    to 0.0 past ~37) keeps that order for confident queries, and the ties they create move the AUC; the log-odds
+    does not saturate, so two queries tie only if their log-odds agree to float64 precision. The others'
+    differences are summed in sorted order, so equal probabilities (equal rows, permuted other classes) give
+    bit-identical scores and still tie."""
+    d = logits.double() - logits[..., c:c + 1].double()
+    d[..., c] = float("-inf")
+    return -torch.logsumexp(d.sort(-1, descending=True).values, -1)

@@ -1,9 +1,6 @@
-"""Learners: one file per meta-learning method, each registering a config class and a `Learner`."""
+"""Meta-learning methods, one file each (a config class + a `Learner` subclass + `register_learner`), found by plugin
+discovery; `base.py` holds the contract every learner (meta-learning or self-supervised) follows."""
 
-from .base import LEARNERS, Learner, LearnerSpec, get_learner, register_learner
-from . import protonet  # noqa: E402,F401  (registration)
-from . import anil, maml, metasgd, reptile  # noqa: E402,F401  (registration)
-from ..ssl import barlow_twins, byol, moco, rotnet, simclr, simsiam, vicreg  # noqa: E402,F401  (self-supervised)
-from . import psco  # noqa: E402,F401  (unsupervised meta-learning on the SSL pieces: after them)
+from .base import Learner, LearnerSpec, LossOutput, get_learner, register_learner
 
-__all__ = ["LEARNERS", "Learner", "LearnerSpec", "get_learner", "register_learner"]
+__all__ = ["Learner", "LearnerSpec", "LossOutput", "get_learner", "register_learner"]

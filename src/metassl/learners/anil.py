@@ -12,17 +12,13 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from ..config import option
 from .base import LearnerSpec, register_learner
-from .inner import HEAD_B, HEAD_W, GradientLearner, InnerLoopConfig, inner_loop
+from .inner import HEAD_B, HEAD_W, FixedStepConfig, GradientLearner, inner_loop
 
 
 @dataclass
-class ANILConfig(InnerLoopConfig):
+class ANILConfig(FixedStepConfig):
     name: str = "anil"
-    inner_lr: float = option(0.4, range=(0.0, 100.0), help="inner-loop step size of the head in meta-training")
-    eval_inner_lr: float | None = option(None, range=(0.0, 100.0), help="step size in evaluation; null: inner_lr")
-    first_order: bool = option(False, help="do not differentiate through the head's inner gradients")
 
 
 def _head_forward(params, buffers, z):
@@ -30,10 +26,6 @@ def _head_forward(params, buffers, z):
 
 
 class ANIL(GradientLearner):
-    def __init__(self, config, encoder):
-        super().__init__(config, encoder)
-        self.first_order = bool(config.first_order)
-
     def adapted_names(self, params):
         return [HEAD_W, HEAD_B]
 
@@ -46,7 +38,5 @@ class ANIL(GradientLearner):
         return {**params, **fast}
 
 
-register_learner(LearnerSpec("anil", ANILConfig, lambda cfg, enc: ANIL(cfg, enc),
-                             "MAML with the inner loop on the linear head only (the body runs once per task)",
-                             "Raghu et al., Rapid Learning or Feature Reuse? Towards Understanding the "
-                             "Effectiveness of MAML, ICLR 2020"))
+register_learner(LearnerSpec("anil", ANILConfig, ANIL,
+                             "MAML with the inner loop on the linear head only (the body runs once per task)"))

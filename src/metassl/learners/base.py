@@ -1,19 +1,25 @@
-"""What a learner is: a few pure functions of (parameters, buffers, batch of tasks).
+"""What a learner is: a few pure functions of (parameters, buffers, batch), and the engine options it runs under.
 
 Parameters and buffers are flat name -> tensor dicts; the encoder's entries start with `encoder.`, a learner's own
-learnable tensors (heads, per-parameter learning rates) with the names `init_params` gives them. The engine owns the
-tensors, the optimizer and the device; a learner owns none of them, so the same functions serve training,
+tensors (heads, per-parameter learning rates, EMA targets, queues) with `learner.`. The engine owns the tensors, the
+optimizer, the device and the processes; a learner owns none of them and is never changed by the engine (options
+are given at construction, `with_options` returns a new learner), so the same functions serve training,
 evaluation, prediction and any number of processes.
 
-The contract, as in easyfsl's process-support-then-classify and learn2learn's clone/adapt:
-  state  = learner.adapt(params, buffers, support_x, support_y, ways)   # prototypes, fast weights, ...
-  logits = learner.classify(params, buffers, state, query_x)            # [T, N*Q, N]
-and `loss` (the meta-training objective) defaults to cross-entropy of those logits on the query labels.
+The contract, as in easyfsl's process-support-then-classify and optax's (init, update):
+  out    = learner.loss(params, buffers, batch)          # LossOutput(loss, metrics, state)
+  new    = learner.update(params, buffers, out.state, step, total_steps)   # new values of learner.* buffers
+  state  = learner.adapt(params, buffers, support_x, support_y, ways)       # prototypes, fast weights, ...
+  logits = learner.classify(params, buffers, state, query_x)               # [T, N*Q, N]
+`loss` defaults to cross-entropy of the query logits; `update` (after each optimizer step) to no change. A task's
+targets need not be class labels: `TaskBatch.support_y`/`query_y` may be float tensors (regression), for which a
+learner defines its own `loss`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -21,11 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..config import LearnerConfig
 from ..data.episodic import TaskBatch
-from ..registry import Registry
+from ..registry import LEARNERS
 
 Tensors = dict[str, torch.Tensor]
 ENCODER = "encoder."
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+__all__ = ["ENCODER", "EngineOptions", "Learner", "LearnerSpec", "LossOutput", "Tensors", "get_learner",
+           "query_loss", "register_learner", "sub"]
 
 
 def sub(tensors: Tensors, prefix: str) -> Tensors:
@@ -34,16 +45,60 @@ def sub(tensors: Tensors, prefix: str) -> Tensors:
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs a learner's functions; every learner has them (`LearnerConfig` keys + train.channels_last),
+    read in one place (`EngineOptions.from_config`)."""
+
+    amp: str = "none"  # "bf16": autocast on CUDA
+    compile: bool = False
+    tasks_per_chunk: int | None = None
+    path: str = "auto"  # "vmap" | "loop" | "auto" (the engine times both for learners that map over tasks)
+    channels_last: bool = False  # images are fed in NHWC layout (conv backbones)
+
+    @classmethod
+    def from_config(cls, cfg: Any, encoder: nn.Module | None = None) -> "EngineOptions":
+        """From a RunConfig: the learner's engine keys, and channels-last when asked for and the encoder convolves."""
+        lc = cfg.learner
+        conv = encoder is not None and any(isinstance(m, nn.Conv2d) for m in encoder.modules())
+        return cls(lc.amp, lc.compile, lc.tasks_per_chunk, lc.path, bool(cfg.train.channels_last and conv))
+
+
+@dataclass
+class LossOutput:
+    """What `Learner.loss` returns: the scalar to differentiate, 0-d metrics to log, and detached tensors the
+    learner's `update` needs after the optimizer step (e.g. MoCo's keys for its queue), never logged."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class Learner:
     """Base class: subclasses override `adapt` and `classify` (and `loss` when the objective is not query CE)."""
 
-    #: adaptation needs autograd (MAML family), so evaluation must not run under torch.no_grad
-    adapts_with_gradients: bool = False
+    #: the learner maps per-task functions over the tasks (`inner.map_tasks`), so the vmap/loop path applies
+    maps_tasks: bool = False
 
-    def __init__(self, config: Any, encoder: nn.Module):
+    def __init__(self, config: Any, encoder: nn.Module, options: EngineOptions | None = None):
         self.config = config
         self.encoder = encoder  # a stateless shape: its tensors are always passed in by the caller
-        self.channels_last = False  # set by the engine; images are then fed in NHWC layout
+        self.options = options or EngineOptions()
+        # BatchNorm without running statistics normalizes with the statistics of the batch it is given, so
+        # evaluation embeds each episode on its own (results must not depend on how episodes are batched)
+        self.batch_statistics = any(isinstance(m, BATCH_NORMS) and not m.track_running_stats
+                                    for m in encoder.modules())
+
+    def with_options(self, options: EngineOptions | None = None, **changes: Any) -> "Learner":
+        """A copy of this learner running under other engine options (the original is unchanged)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.options = dataclasses.replace(options or self.options, **changes)
+        return new
+
+    @property
+    def channels_last(self) -> bool:
+        return self.options.channels_last
 
     # -- tensors the learner adds beside the encoder ----------------------------------------------------------
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
@@ -55,13 +110,19 @@ class Learner:
         target network or a queue of negatives)."""
         return {}
 
-    def after_step(self, params: Tensors, buffers: Tensors, aux: dict[str, Any], step: int, total_steps: int) -> None:
-        """Called by the engine after each optimizer step, under no_grad, with the `aux` dict `loss` returned;
-        the only place a learner may update its `learner.*` buffers in place (EMA, queue)."""
+    def update(self, params: Tensors, buffers: Tensors, state: Tensors, step: int, total_steps: int) -> Tensors:
+        """New values of `learner.*` buffers after optimizer step `step` (from 0), from the updated params and the
+        `state` that `loss` returned; the engine stores them. A pure function (run under no_grad)."""
+        return {}
 
     # -- the functional core ----------------------------------------------------------------------------------
-    def embed(self, params: Tensors, buffers: Tensors, images: torch.Tensor) -> torch.Tensor:
-        """Encoder features of images shaped [..., C, H, W] -> [..., D] (leading dims flattened and restored)."""
+    def embed(self, params: Tensors, buffers: Tensors, images: torch.Tensor, per_task: bool = False
+              ) -> torch.Tensor:
+        """Encoder features of images shaped [..., C, H, W] -> [..., D] (leading dims flattened and restored).
+        `per_task`: images [T, M, C, H, W] of T independent episodes; with batch-statistics BatchNorm each episode
+        is normalized on its own."""
+        if per_task and self.batch_statistics and images.dim() == 5 and images.shape[0] > 1:
+            return torch.stack([self.embed(params, buffers, x) for x in images.unbind(0)])
         lead = images.shape[:-3]
         x = images.reshape(-1, *images.shape[-3:])
         if self.channels_last:
@@ -78,37 +139,59 @@ class Learner:
 
     def predict(self, params: Tensors, buffers: Tensors, support_x: torch.Tensor, support_y: torch.Tensor,
                 query_x: torch.Tensor, ways: int) -> torch.Tensor:
-        """Logits [T, Nq, N] of the query images after adapting to the support set (evaluation path)."""
+        """Logits [T, Nq, N] of the query images after adapting to the support set (evaluation path; runs under
+        torch.no_grad: learners that adapt by gradient steps enable gradients themselves)."""
         return self.classify(params, buffers, self.adapt(params, buffers, support_x, support_y, ways), query_x)
 
-    def loss(self, params: Tensors, buffers: Tensors, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, params: Tensors, buffers: Tensors, batch: TaskBatch) -> LossOutput:
         """The meta-training loss of a batch of tasks (mean over tasks) and metrics to log."""
-        logits = self.predict(params, buffers, tasks.support_x, tasks.support_y, tasks.query_x, tasks.ways)
-        return query_loss(logits, tasks.query_y)
+        logits = self.predict(params, buffers, batch.support_x, batch.support_y, batch.query_x, batch.ways)
+        return query_loss(logits, batch.query_y)
 
 
-def query_loss(logits: torch.Tensor, query_y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def query_loss(logits: torch.Tensor, query_y: torch.Tensor) -> LossOutput:
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_y.reshape(-1))
     acc = (logits.argmax(-1) == query_y).float().mean()
-    return loss, {"loss": loss.detach(), "accuracy": acc.detach()}
+    return LossOutput(loss, {"loss": loss.detach(), "accuracy": acc.detach()})
 
 
 @dataclass(frozen=True)
 class LearnerSpec:
     name: str
-    config: type  # dataclass with a `name` field and the method's hyperparameters
+    config: type  # a LearnerConfig subclass with the method's hyperparameters (its `name` default is `name`)
     build: Callable[[Any, nn.Module], Learner]
-    description: str = ""
-    paper: str = ""
+    description: str = ""  # one line, shown by `metassl presets --keys`
     # the task source used when the config says `tasks.source: auto`: labeled episodes for meta-learners,
     # unlabeled augmented views for self-supervised methods
     default_source: str = "labeled"
+    # adapts the data set's augmentation preset to the method's views (e.g. BYOL's asymmetric blur/solarization)
+    augment: Callable[[Any], Any] | None = None
 
 
-LEARNERS: Registry[LearnerSpec] = Registry("learner", "learner.name")
+def register_learner(spec_or_name: LearnerSpec | str, config: type | None = None, *, description: str = "",
+                     default_source: str = "labeled", augment: Callable[[Any], Any] | None = None):
+    """Register a learner: `register_learner(LearnerSpec(...))`, or as a class decorator
+
+        @register_learner("protonet", ProtoNetConfig, description="...")
+        class ProtoNet(Learner): ...
+    """
+    if isinstance(spec_or_name, LearnerSpec):
+        return _add(spec_or_name)
+    if config is None or not issubclass(config, LearnerConfig):
+        raise TypeError(f"learner {spec_or_name!r}: its config class must subclass metassl.config.LearnerConfig")
+
+    def deco(cls: type) -> type:
+        _add(LearnerSpec(spec_or_name, config, cls, description, default_source, augment))
+        return cls
+
+    return deco
 
 
-def register_learner(spec: LearnerSpec) -> LearnerSpec:
+def _add(spec: LearnerSpec) -> LearnerSpec:
+    default = next((f.default for f in dataclasses.fields(spec.config) if f.name == "name"), None)
+    if default != spec.name:
+        raise TypeError(f"learner {spec.name!r}: the `name` field of {spec.config.__name__} defaults to "
+                        f"{default!r}; it must default to {spec.name!r}")
     return LEARNERS.add(spec.name, spec)
 
 

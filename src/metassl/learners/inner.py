@@ -22,6 +22,7 @@ buffer is updated in place (which vmap could not do).
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -29,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_map
 
-from ..config import ConfigError, option
-from .base import ENCODER, Learner, sub
+from ..config import ConfigError, LearnerConfig, option
+from .base import BATCH_NORMS, ENCODER, Learner, LossOutput, sub
 
 Tensors = dict[str, torch.Tensor]
 Forward = Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]  # (params, buffers, x) -> logits
@@ -45,9 +45,8 @@ PATHS = ("vmap", "loop")
 
 
 @dataclass
-class InnerLoopConfig:
-    """Options every gradient-based learner has. The last four are read by the training engine
-    (`getattr(cfg.learner, ...)`), so a learner without them simply trains unchunked, eagerly, in fp32."""
+class InnerLoopConfig(LearnerConfig):
+    """Options every gradient-based learner has (beside the engine options of `LearnerConfig`)."""
 
     name: str = "maml"
     inner_steps: int = option(1, range=(1, 10000), help="inner-loop gradient steps in meta-training")
@@ -55,25 +54,24 @@ class InnerLoopConfig:
                                           help="inner-loop steps when evaluating; null: as inner_steps")
     head_init: str = option("zero", choices=("zero", "normal", "linear"),
                             help="classifier head init: zeros, N(0,1) as the MAML reference code, or nn.Linear's")
-    tasks_per_chunk: int | None = option(None, range=(1, None),
-                                         help="meta-batch processed this many tasks at a time (bounds memory; "
-                                              "same gradient); null: all at once")
-    path: str = option("auto", choices=("auto", "vmap", "loop"),
-                       help="tasks vectorized with vmap, or a per-task loop; auto: the engine times both")
-    amp: str = option("none", choices=("none", "bf16"), help="bf16 autocast of the meta-batch (CUDA only)")
-    compile: bool = option(False, help="torch.compile the meta-batch loss (falls back to eager if it fails)")
+    first_order: bool = option(False, help="do not differentiate through the inner gradients")
 
 
-def _under_vmap() -> bool:
-    if torch.compiler.is_compiling():  # elementary ops: traceable (no graph break), and the compiler fuses them
-        return True
-    try:
-        from torch._C._functorch import TransformType
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+@dataclass
+class FixedStepConfig(InnerLoopConfig):
+    """An inner loop with one step size for every parameter (MAML, ANIL, Reptile; Meta-SGD learns its own)."""
 
-        return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
-    except Exception:  # private API moved: the elementary ops are correct everywhere
-        return True
+    inner_lr: float = option(0.4, range=(0.0, 100.0), help="inner-loop step size in meta-training (alpha)")
+    eval_inner_lr: float | None = option(None, range=(0.0, 100.0), help="step size in evaluation; null: inner_lr")
+
+
+_VECTORIZED: contextvars.ContextVar[bool] = contextvars.ContextVar("metassl_vectorized", default=False)
+
+
+def vectorized() -> bool:
+    """True inside `map_tasks(..., path="vmap")` (and while torch.compile traces): the per-task function then runs
+    on batched tensors, so BatchStatNorm uses elementary ops and the inner loop uses `torch.func.grad`."""
+    return torch.compiler.is_compiling() or _VECTORIZED.get()
 
 
 class BatchStatNorm(nn.Module):
@@ -87,7 +85,7 @@ class BatchStatNorm(nn.Module):
     BatchNorm in training mode (biased variance, `eps` inside the square root).
     """
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+    def __init__(self, bn: nn.Module):
         super().__init__()
         self.eps = bn.eps
         self.num_features = bn.num_features
@@ -95,7 +93,7 @@ class BatchStatNorm(nn.Module):
         self.bias = bn.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _under_vmap():
+        if not vectorized():
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dims, keepdim=True)
@@ -114,7 +112,7 @@ class BatchStatNorm(nn.Module):
 def use_batch_statistics(module: nn.Module) -> None:
     """Replace every BatchNorm without running statistics by an equivalent `BatchStatNorm` (same parameters)."""
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not child.track_running_stats:
+        if isinstance(child, BATCH_NORMS) and not child.track_running_stats:
             setattr(module, name, BatchStatNorm(child))
         else:
             use_batch_statistics(child)
@@ -123,7 +121,7 @@ def use_batch_statistics(module: nn.Module) -> None:
 def check_no_running_stats(encoder: nn.Module, learner: str) -> None:
     """The inner loop needs BatchNorm without running statistics (pure, vmap-able, transductive as in MAML)."""
     for name, m in encoder.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+        if isinstance(m, BATCH_NORMS) and m.track_running_stats:
             raise ConfigError(
                 f"learner {learner} needs BatchNorm without running statistics (batch statistics always, as in "
                 f"the MAML paper): set model.track_running_stats=false (module {name or 'encoder'} tracks them)")
@@ -178,23 +176,13 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
     return {**fixed, **fast}
 
 
-def _functorch_active() -> bool:
-    if torch.compiler.is_compiling():
-        return True
-    try:
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-        return bool(retrieve_all_functorch_interpreters())
-    except Exception:
-        return True
-
-
 def _gradient_function(loss_fn: Callable[[Tensors], torch.Tensor], create_graph: bool
                        ) -> Callable[[Tensors], Tensors]:
-    """d loss_fn / d fast as a function of fast. Under vmap (or torch.compile) this is `torch.func.grad`; in plain
-    eager code (the per-task loop) it is `torch.autograd.grad`, the same math without functorch's per-operation
-    wrapping, with `create_graph` for the second-order meta-gradient."""
-    if _functorch_active():
+    """d loss_fn / d fast as a function of fast. Under `map_tasks`' vmap (or torch.compile) this is `torch.func.grad`;
+    in plain eager code (the per-task loop) it is `torch.autograd.grad`, the same math without functorch's
+    per-operation wrapping, with `create_graph` for the second-order meta-gradient. Both run under an outer
+    torch.no_grad (evaluation): `grad` ignores it, the autograd path enables gradients itself."""
+    if vectorized():
         return grad(loss_fn)
 
     def g(fast: Tensors) -> Tensors:
@@ -207,21 +195,48 @@ def _gradient_function(loss_fn: Callable[[Tensors], torch.Tensor], create_graph:
     return g
 
 
+def _take(tree: Any, i: int) -> Any:
+    """Element i along the first dimension of a tensor, or of every tensor in a dict / tuple / list."""
+    if isinstance(tree, dict):
+        return {k: _take(v, i) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_take(v, i) for v in tree)
+    return tree[i]
+
+
+def _stack(outs: list[Any]) -> Any:
+    """Stack per-task outputs (tensors, or dicts / tuples of tensors of the same structure) along a new dim 0."""
+    first = outs[0]
+    if isinstance(first, dict):
+        return {k: _stack([o[k] for o in outs]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack([o[j] for o in outs]) for j in range(len(first)))
+    return torch.stack(outs)
+
+
 def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], batched: Sequence[Any], path: str) -> Any:
     """`fn(*shared, *per_task)` for every task, outputs stacked along a new first dimension.
 
     `batched` entries (tensors or dicts of tensors) have the task dimension first. path "vmap": one vectorized
-    call (`torch.func.vmap`, randomness "different" so dropout-like ops draw per task); "loop": one call per task.
+    call (`torch.func.vmap`, randomness "different" so dropout-like ops draw per task), during which `vectorized()`
+    is true; "loop": one call per task.
     """
     if path == "vmap":
         dims = (None,) * len(shared) + (0,) * len(batched)
-        return vmap(fn, in_dims=dims, randomness="different")(*shared, *batched)
+        token = _VECTORIZED.set(True)
+        try:
+            return vmap(fn, in_dims=dims, randomness="different")(*shared, *batched)
+        finally:
+            _VECTORIZED.reset(token)
     if path != "loop":
         raise ValueError(f"unknown path {path!r}; use vmap or loop")
     first = batched[0]
     n = (next(iter(first.values())) if isinstance(first, dict) else first).shape[0]
-    outs = [fn(*shared, *tree_map(lambda x: x[i], tuple(batched))) for i in range(n)]
-    return tree_map(lambda *xs: torch.stack(xs), *outs)
+    token = _VECTORIZED.set(False)  # a loop nested in a vmap'd function still runs on batched tensors: not here
+    try:
+        return _stack([fn(*shared, *_take(tuple(batched), i)) for i in range(n)])
+    finally:
+        _VECTORIZED.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,17 +250,14 @@ class GradientLearner(Learner):
     is first order, and may replace the per-task objective (`task_objective`, e.g. Reptile's surrogate).
     """
 
-    adapts_with_gradients = True
-    first_order = False
+    maps_tasks = True
     inner_optimizer = "sgd"
 
-    def __init__(self, config: Any, encoder: nn.Module):
-        super().__init__(config, encoder)
+    def __init__(self, config: Any, encoder: nn.Module, options=None):
+        super().__init__(config, encoder, options)
         check_no_running_stats(encoder, config.name)
         use_batch_statistics(encoder)  # exact second-order gradients under vmap (see BatchStatNorm)
-        #: "vmap" or "loop"; the engine sets it ("auto" is resolved by timing, see metassl.engine.meta).
-        #: Until then, "auto" means vmap on CUDA and the loop on CPU (measured faster there, see results/maml_speed.md)
-        self.path = config.path
+        self.first_order = bool(config.first_order)
 
     # -- parameters ---------------------------------------------------------------------------------------------
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
@@ -272,8 +284,11 @@ class GradientLearner(Learner):
         return c.inner_steps if train or c.eval_inner_steps is None else c.eval_inner_steps
 
     def resolve_path(self, x: torch.Tensor) -> str:
-        if self.path in PATHS:
-            return self.path
+        """`options.path`; "auto" (before the engine has timed both) means vmap on CUDA and the loop on the CPU
+        (measured faster there, see results/maml_speed.md)."""
+        path = self.options.path
+        if path in PATHS:
+            return path
         return "vmap" if x.is_cuda else "loop"
 
     # -- the model of one task ----------------------------------------------------------------------------------
@@ -317,7 +332,7 @@ class GradientLearner(Learner):
         obj, loss, acc = map_tasks(self.task_objective, (params, buffers),
                                    (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y),
                                    self.resolve_path(tasks.support_x))
-        return obj.mean(), {"loss": loss.mean(), "accuracy": acc.mean()}
+        return LossOutput(obj.mean(), {"loss": loss.mean(), "accuracy": acc.mean()})
 
     def adapt(self, params, buffers, support_x, support_y, ways):
         """Fast weights of every task, stacked [T, ...] (evaluation: no meta-gradient, params are detached)."""

@@ -17,35 +17,25 @@ from dataclasses import dataclass
 
 from ..config import option
 from .base import LearnerSpec, register_learner
-from .inner import GradientLearner, InnerLoopConfig
+from .inner import FixedStepConfig, GradientLearner
 
 
 @dataclass
-class MAMLConfig(InnerLoopConfig):
+class MAMLConfig(FixedStepConfig):
     name: str = "maml"
-    inner_lr: float = option(0.4, range=(0.0, 100.0), help="inner-loop step size in meta-training (alpha)")
-    eval_inner_lr: float | None = option(None, range=(0.0, 100.0), help="step size in evaluation; null: inner_lr")
-    first_order: bool = option(False, help="first-order MAML: do not differentiate through the inner gradients")
 
 
 @dataclass
-class FOMAMLConfig(InnerLoopConfig):
+class FOMAMLConfig(FixedStepConfig):
     name: str = "fomaml"
-    inner_lr: float = option(0.4, range=(0.0, 100.0), help="inner-loop step size in meta-training (alpha)")
-    eval_inner_lr: float | None = option(None, range=(0.0, 100.0), help="step size in evaluation; null: inner_lr")
     first_order: bool = option(True, choices=(True,), help="always true for fomaml (use learner.name=maml for "
                                                             "second order)")
 
 
 class MAML(GradientLearner):
-    def __init__(self, config, encoder):
-        super().__init__(config, encoder)
-        self.first_order = bool(config.first_order)
+    """The whole network adapts; `first_order` from the config."""
 
 
-register_learner(LearnerSpec("maml", MAMLConfig, lambda cfg, enc: MAML(cfg, enc),
-                             "model-agnostic meta-learning: the whole network adapts by gradient steps per task",
-                             "Finn et al., Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks, ICML 2017"))
-register_learner(LearnerSpec("fomaml", FOMAMLConfig, lambda cfg, enc: MAML(cfg, enc),
-                             "first-order MAML: MAML without second derivatives",
-                             "Finn et al. 2017 (first-order approximation); Nichol et al. 2018"))
+register_learner(LearnerSpec("maml", MAMLConfig, MAML,
+                             "model-agnostic meta-learning: the whole network adapts by gradient steps per task"))
+register_learner(LearnerSpec("fomaml", FOMAMLConfig, MAML, "first-order MAML: MAML without second derivatives"))

@@ -25,7 +25,6 @@ class MetaSGDConfig(InnerLoopConfig):
     name: str = "metasgd"
     lr_init_low: float = option(0.005, range=(0.0, 100.0), help="learned rates start uniform in [low, high]")
     lr_init_high: float = option(0.1, range=(0.0, 100.0))
-    first_order: bool = option(False, help="do not differentiate through the inner gradients")
 
     def validate(self):
         if self.lr_init_high < self.lr_init_low:
@@ -34,10 +33,6 @@ class MetaSGDConfig(InnerLoopConfig):
 
 
 class MetaSGD(GradientLearner):
-    def __init__(self, config, encoder):
-        super().__init__(config, encoder)
-        self.first_order = bool(config.first_order)
-
     def init_params(self, feature_dim, ways):
         params = super().init_params(feature_dim, ways)
         shapes = {f"encoder.{k}": v.shape for k, v in self.encoder.named_parameters()}
@@ -55,6 +50,5 @@ def torch_uniform(shape, low: float, high: float) -> torch.Tensor:
     return torch.empty(shape).uniform_(low, high) if high > low else torch.full(shape, float(low))
 
 
-register_learner(LearnerSpec("metasgd", MetaSGDConfig, lambda cfg, enc: MetaSGD(cfg, enc),
-                             "MAML with meta-learned per-parameter inner learning rates",
-                             "Li et al., Meta-SGD: Learning to Learn Quickly for Few-Shot Learning, 2017"))
+register_learner(LearnerSpec("metasgd", MetaSGDConfig, MetaSGD,
+                             "MAML with meta-learned per-parameter inner learning rates"))

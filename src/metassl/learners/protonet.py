@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import option
-from .base import Learner, LearnerSpec, query_loss, register_learner
+from ..config import LearnerConfig, option
+from .base import Learner, query_loss, register_learner
 
 
 @dataclass
-class ProtoNetConfig:
+class ProtoNetConfig(LearnerConfig):
     name: str = "protonet"
     distance: str = option("euclidean", choices=("euclidean", "cosine"),
                            help="squared Euclidean (the paper) or cosine similarity")
@@ -36,12 +36,14 @@ def squared_euclidean(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tens
     return (queries.unsqueeze(2) - protos.unsqueeze(1)).pow(2).sum(-1)
 
 
+@register_learner("protonet", ProtoNetConfig,
+                  description="class means of support embeddings, nearest by squared Euclidean distance")
 class ProtoNet(Learner):
     def adapt(self, params, buffers, support_x, support_y, ways):
-        return prototypes(self.embed(params, buffers, support_x), support_y, ways)
+        return prototypes(self.embed(params, buffers, support_x, per_task=True), support_y, ways)
 
     def classify(self, params, buffers, state, query_x):
-        return self.logits_from_embeddings(self.embed(params, buffers, query_x), state)
+        return self.logits_from_embeddings(self.embed(params, buffers, query_x, per_task=True), state)
 
     def logits_from_embeddings(self, queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         if self.config.distance == "cosine":
@@ -56,8 +58,3 @@ class ProtoNet(Learner):
         z = self.embed(params, buffers, torch.cat([tasks.support_x, tasks.query_x], 1))
         logits = self.logits_from_embeddings(z[:, s:], prototypes(z[:, :s], tasks.support_y, tasks.ways))
         return query_loss(logits, tasks.query_y)
-
-
-register_learner(LearnerSpec("protonet", ProtoNetConfig, lambda cfg, enc: ProtoNet(cfg, enc),
-                             "class means of support embeddings, nearest by squared Euclidean distance",
-                             "Snell et al., Prototypical Networks for Few-shot Learning, NeurIPS 2017"))

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from ..config import option
 from .base import LearnerSpec, register_learner
-from .inner import GradientLearner, InnerLoopConfig, inner_loop
+from .inner import FixedStepConfig, GradientLearner, inner_loop
 
 
 @dataclass
-class ReptileConfig(InnerLoopConfig):
+class ReptileConfig(FixedStepConfig):
     name: str = "reptile"
     inner_steps: int = option(5, range=(1, 10000), help="inner-loop steps per task in meta-training")
     eval_inner_steps: int | None = option(50, range=(1, 10000),
@@ -40,15 +40,14 @@ class ReptileConfig(InnerLoopConfig):
     inner_lr: float = option(0.001, range=(0.0, 100.0), help="inner-loop learning rate in meta-training")
     eval_inner_lr: float | None = option(None, range=(0.0, 100.0), help="inner learning rate in evaluation; "
                                                                          "null: inner_lr")
+    first_order: bool = option(True, choices=(True,), help="Reptile is first order by nature")
     inner_optimizer: str = option("adam", choices=("adam", "sgd"),
                                   help="inner-loop optimizer: Adam with beta1=0 (the paper's code) or SGD")
 
 
 class Reptile(GradientLearner):
-    first_order = True
-
-    def __init__(self, config, encoder):
-        super().__init__(config, encoder)
+    def __init__(self, config, encoder, options=None):
+        super().__init__(config, encoder, options)
         self.inner_optimizer = config.inner_optimizer
 
     def task_objective(self, params, buffers, support_x, support_y, query_x, query_y):
@@ -64,6 +63,5 @@ class Reptile(GradientLearner):
         return surrogate, loss, acc
 
 
-register_learner(LearnerSpec("reptile", ReptileConfig, lambda cfg, enc: Reptile(cfg, enc),
-                             "first-order meta-learning: move the initialization towards task-adapted weights",
-                             "Nichol et al., On First-Order Meta-Learning Algorithms, 2018"))
+register_learner(LearnerSpec("reptile", ReptileConfig, Reptile,
+                             "first-order meta-learning: move the initialization towards task-adapted weights"))

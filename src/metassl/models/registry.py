@@ -1,4 +1,5 @@
-"""The registry of backbones: a backbone is one module with a config class and a `build` function."""
+"""Backbones: a backbone is one module in `models/` (or a plugin package) with a config class and a `build`
+function, registered with `register_backbone` and found by plugin discovery."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..registry import Registry
+from ..registry import BACKBONES
 
 
 @dataclass(frozen=True)
@@ -17,9 +18,6 @@ class BackboneSpec:
     config: type  # dataclass with a `backbone` field and the backbone's options
     build: Callable[[Any, int], nn.Module]  # (config, in_channels) -> encoder mapping images to [B, D]
     description: str = ""
-
-
-BACKBONES: Registry[BackboneSpec] = Registry("backbone", "model.backbone")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:

@@ -15,7 +15,7 @@ import torch
 
 from ..data.episodic import ClassSplit, eval_episodes
 from ..data.registry import load_dataset
-from ..engine.atomic import atomic_write_path, atomic_write_text
+from ..atomic import atomic_write_path, atomic_write_text
 from ..engine.build import Model, load_model
 from ..engine.logging import plot_learning_curves
 from ..eval.episodes import EvalResult, Protocol, evaluate
@@ -50,7 +50,7 @@ def shot_sweep(model: Model, split: ClassSplit, ways: int, queries: int, episode
             out.append((k, 0, None))
             continue
         p = Protocol(split.name.split("/")[0], split.name.split("/")[-1], ways, k, q, episodes, seed)
-        out.append((k, q, evaluate(model.predict, split, p, model.preprocess, 25, model.learner.adapts_with_gradients)))
+        out.append((k, q, evaluate(model.predict, split, p, model.preprocess, 25)))
     return out
 
 
@@ -88,7 +88,7 @@ def class_confusion(model: Model, split: ClassSplit, ways: int, shots: int, quer
     for start in range(0, episodes, 25):
         t = eval_episodes(sub, n, shots, queries, seed, start, min(25, episodes - start))
         b = t.map_images(model.preprocess)
-        with torch.enable_grad() if model.learner.adapts_with_gradients else torch.no_grad():
+        with torch.no_grad():
             logits = model.predict(b.support_x, b.support_y, b.query_x, n)
         pred = logits.argmax(-1).cpu()
         cls = t.classes.cpu()
@@ -175,8 +175,7 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
         figures.append(curves)
     for k in cfg.eval.shots:
         p = Protocol(cfg.data.dataset, cfg.data.test_split, ways, k, cfg.eval.queries, eps, cfg.eval.seed)
-        r = evaluate(model.predict, split, p, model.preprocess, cfg.eval.batch_episodes,
-                     model.learner.adapts_with_gradients)
+        r = evaluate(model.predict, split, p, model.preprocess, cfg.eval.batch_episodes)
         table.append({**r.to_dict(), "paper_accuracy": cfg.eval.paper.get(p.tag)})
     sweep = shot_sweep(model, split, ways, cfg.eval.queries, eps, cfg.eval.seed)
     figures.append(plot_shots(sweep, folder / "accuracy_vs_shots.png",

@@ -32,11 +32,10 @@ class BarlowTwins(SSLLearner):
         (z,) = self.project_views(params, buffers, batch)
         with fp32(z):
             loss, terms = barlow_twins_loss(z[0], z[1], self.config.lambd)
-        return loss, {"loss": loss.detach(), **terms, "embedding_std": self.monitor(z[0])}
+        return self.output(loss, terms, z[0])
 
 
 register_learner(LearnerSpec(
-    "barlow_twins", BarlowTwinsConfig, lambda cfg, enc: BarlowTwins(cfg, enc),
+    "barlow_twins", BarlowTwinsConfig, BarlowTwins,
     "redundancy reduction: cross-correlation of the two views' projections towards the identity",
-    "Zbontar et al., Barlow Twins: Self-Supervised Learning via Redundancy Reduction, ICML 2021",
     default_source="views"))

@@ -2,8 +2,8 @@
 monitor, and evaluation by nearest class mean on frozen encoder features.
 
 An SSL learner is a `Learner` (see `metassl.learners.base`) whose training batches are `ViewBatch`es (`tasks.source:
-views`, the default of every SSL method): `loss(params, buffers, views)` returns (loss, aux) where aux holds the
-scalar metrics to log and, for MoCo, tensors for `after_step` (the engine logs only the scalars). Its few-shot
+views`, the default of every SSL method): `loss(params, buffers, views)` returns a `LossOutput` with the metrics to
+log and, for MoCo, the keys for `update` in its `state`. Its few-shot
 evaluation needs no training on the episode: `adapt` averages the frozen encoder's features of each class's support
 images (L2-normalized first with the default cosine distance) and `classify` scores queries by cosine similarity
 (x 10, i.e. temperature 0.1, which only sharpens the probabilities used for ROC-AUC) or negative squared Euclidean
@@ -12,8 +12,9 @@ distance, so any SSL checkpoint evaluates with `metassl eval` few-shot episodes 
 Momentum targets (BYOL, MoCo): `learner.target.encoder.*` and `learner.target.projector.*` are buffers holding a
 copy of the online encoder and projector (parameters and BatchNorm statistics), created by `init_buffers`. The
 target's forward is `functional_call` of the same module shapes with those tensors (its BatchNorm statistics update
-in place, as a separate network's would); `after_step` moves the target parameters towards the online ones:
-target <- m target + (1 - m) online, one fused `torch._foreach_lerp_` over all tensors.
+in place, as a separate network's would); `update` returns the target parameters moved towards the online ones:
+target <- m target + (1 - m) online, one fused `torch._foreach_lerp` over all tensors (the `_foreach` ops are
+public by convention: documented in torch.optim's implementation notes, used by every torch optimizer).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import ConfigError, option
-from ..learners.base import ENCODER, Learner, sub
+from ..config import ConfigError, LearnerConfig, option
+from ..learners.base import ENCODER, Learner, LossOutput, sub
 from ..learners.protonet import prototypes, squared_euclidean
 from .heads import MLPHead, mlp_dims
 from .losses import embedding_std
@@ -40,17 +41,13 @@ TARGET = "learner.target."
 
 
 @dataclass
-class SSLConfig:
-    """Options every SSL learner has. `amp` and `compile` are read by the training engine (engine/meta.py), as for
-    the gradient-based meta-learners."""
+class SSLConfig(LearnerConfig):
+    """Options every SSL learner has (beside the engine options of `LearnerConfig`)."""
 
     name: str = "ssl"
     eval_distance: str = option("cosine", choices=("cosine", "euclidean"),
                                 help="few-shot evaluation: nearest class mean of frozen encoder features by cosine "
                                      "similarity or squared Euclidean distance")
-    amp: str = option("none", choices=("none", "bf16"),
-                      help="bf16 autocast of the forward pass (CUDA only; losses are computed in float32)")
-    compile: bool = option(False, help="torch.compile the loss (falls back to eager if compiling fails)")
     collapse_threshold: float = option(0.05, range=(0.0, 1.0),
                                        help="warn when embedding_std x sqrt(D) falls below this (1: perfectly "
                                             "spread, 0: every image has the same embedding)")
@@ -77,12 +74,10 @@ class SSLLearner(Learner):
     #: heads copied into the momentum target (BYOL, MoCo); empty: no target network
     target_heads: tuple[str, ...] = ()
 
-    def __init__(self, config: Any, encoder: nn.Module):
-        super().__init__(config, encoder)
-        self.heads: dict[str, nn.Module] = {}
+    def __init__(self, config: Any, encoder: nn.Module, options=None):
+        super().__init__(config, encoder, options)
+        self.heads: dict[str, nn.Module] = {}  # shapes only, built with the encoder's feature size by init_params
         self.feature_dim: int | None = None
-        self._collapse_warned = False
-        self._z_dim = 1
 
     # -- heads ----------------------------------------------------------------------------------------------------
     def build_heads(self, feature_dim: int) -> dict[str, nn.Module]:
@@ -156,33 +151,28 @@ class SSLLearner(Learner):
             raise ConfigError(f"learner {name} needs tasks.batch_size >= {self.min_batch} ({self.min_batch_reason}); "
                               f"got {b}")
 
-    def monitor(self, z: torch.Tensor) -> torch.Tensor:
-        """embedding_std of the embeddings z [N, D] (see `losses.embedding_std`); remembers D for the warning."""
-        self._z_dim = z.shape[-1]
-        return embedding_std(z)
+    def output(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], z: torch.Tensor,
+               state: dict[str, torch.Tensor] | None = None) -> LossOutput:
+        """The LossOutput of an SSL loss: `metrics` plus the loss and the collapse monitor of the embeddings z [N, D]
+        (`embedding_std`, see `losses.embedding_std`, and `embedding_spread` = embedding_std x sqrt(D))."""
+        std = embedding_std(z)
+        return LossOutput(loss, {"loss": loss.detach(), **metrics, "embedding_std": std,
+                                 "embedding_spread": std * math.sqrt(z.shape[-1])}, state or {})
 
-    def after_step(self, params: Tensors, buffers: Tensors, aux: dict[str, Any], step: int, total_steps: int) -> None:
-        self.update_state(params, buffers, aux, step, total_steps)
-        self.check_collapse(aux, step)
+    def diagnose(self, metrics: dict[str, float], step: int) -> str | None:
+        """A warning when the logged metrics show the embeddings have collapsed (the engine shows it once)."""
+        spread = metrics.get("embedding_spread")
+        if spread is None or spread >= self.config.collapse_threshold:
+            return None
+        std = metrics.get("embedding_std", float("nan"))
+        return (f"learner {self.config.name}: the embeddings have collapsed at step {step}: embedding_std = "
+                f"{std:.2e} (std of L2-normalized embeddings; x sqrt(D) = {spread:.2e}: 1 when spread out, 0 when "
+                f"every image maps to the same vector). Lower optim.lr, check the augmentation (augment.*) and the "
+                f"method's settings.")
 
-    def update_state(self, params: Tensors, buffers: Tensors, aux: dict[str, Any], step: int,
-                     total_steps: int) -> None:
+    def update(self, params: Tensors, buffers: Tensors, state: Tensors, step: int, total_steps: int) -> Tensors:
         """EMA targets, queues: overridden by BYOL and MoCo. `step` is the index (from 0) of the step just taken."""
-
-    def check_collapse(self, aux: dict[str, Any], step: int, every: int = 50) -> None:
-        """Warn (once) when the logged embedding_std shows the embeddings have collapsed; checked every `every`
-        steps so the check costs no device synchronization in between."""
-        std = aux.get("embedding_std")
-        if std is None or self._collapse_warned or step % every:
-            return
-        ratio = float(std) * math.sqrt(self._z_dim)
-        if ratio < self.config.collapse_threshold:
-            self._collapse_warned = True
-            warnings.warn(
-                f"learner {self.config.name}: the embeddings have collapsed at step {step}: embedding_std = "
-                f"{float(std):.2e} (std of L2-normalized embeddings; 1/sqrt(D) = {1 / math.sqrt(self._z_dim):.2e} "
-                f"when spread out, 0 when every image maps to the same vector). Lower optim.lr, check the "
-                f"augmentation (augment.*) and the method's settings.", RuntimeWarning, stacklevel=2)
+        return {}
 
     # -- momentum targets ---------------------------------------------------------------------------------------
     def target_pairs(self, params: Tensors, buffers: Tensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -194,11 +184,11 @@ class SSLLearner(Learner):
                 online.append(v.detach())
         return targets, online
 
-    def ema_update(self, params: Tensors, buffers: Tensors, momentum: float) -> None:
-        """target <- momentum * target + (1 - momentum) * online, for every parameter with a target copy."""
+    def ema_update(self, params: Tensors, buffers: Tensors, momentum: float) -> Tensors:
+        """New target tensors: momentum * target + (1 - momentum) * online, for every parameter with a target copy."""
+        names = [target_name(k) for k in params if target_name(k) in buffers]
         targets, online = self.target_pairs(params, buffers)
-        if targets:
-            torch._foreach_lerp_(targets, online, 1.0 - momentum)
+        return dict(zip(names, torch._foreach_lerp(targets, online, 1.0 - momentum))) if targets else {}
 
     def target_forward(self, buffers: Tensors, views: torch.Tensor) -> torch.Tensor:
         """The momentum target's projections of images [..., C, H, W] (no gradient)."""
@@ -210,13 +200,13 @@ class SSLLearner(Learner):
 
     # -- few-shot evaluation on frozen features -----------------------------------------------------------------
     def adapt(self, params, buffers, support_x, support_y, ways):
-        z = self.embed(params, buffers, support_x)
+        z = self.embed(params, buffers, support_x, per_task=True)
         if self.config.eval_distance == "cosine":
             z = F.normalize(z, dim=-1)
         return prototypes(z, support_y, ways)
 
     def classify(self, params, buffers, state, query_x):
-        q = self.embed(params, buffers, query_x)
+        q = self.embed(params, buffers, query_x, per_task=True)
         if self.config.eval_distance == "cosine":
             return 10.0 * (F.normalize(q, dim=-1) @ F.normalize(state, dim=-1).transpose(1, 2))
         return -squared_euclidean(q, state)

@@ -13,9 +13,10 @@ decay x 4 reproduce lightly's updates exactly (see configs/cifar10/byol.yaml).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import option
+from ..data.augment import AugmentSpec
 from ..learners.base import LearnerSpec, register_learner
 from .base import SSLConfig, SSLLearner, fp32, momentum_cosine
 from .heads import MLPHead, mlp_dims
@@ -47,13 +48,24 @@ class BYOL(SSLLearner):
         zt = self.target_forward(buffers, batch.views)  # [2, B, P], no gradient
         with fp32(p):
             loss = normalized_mse(p[0], zt[1]) + normalized_mse(p[1], zt[0])
-        return loss, {"loss": loss.detach(), "embedding_std": self.monitor(z[0])}
+        return self.output(loss, {}, z[0])
 
-    def update_state(self, params, buffers, aux, step, total_steps):
-        self.ema_update(params, buffers, momentum_cosine(self.config.tau_base, step, total_steps))
+    def update(self, params, buffers, state, step, total_steps):
+        return self.ema_update(params, buffers, momentum_cosine(self.config.tau_base, step, total_steps))
+
+
+def augment_views(spec: AugmentSpec) -> AugmentSpec:
+    """BYOL's asymmetric views (Grill et al. 2020, table 6) on the colour recipes: view 1 always blurred, never
+    solarized; view 2 blurred with probability 0.1, solarized with 0.2; colour jitter (0.4, 0.4, 0.2, 0.1). Without
+    blur in the preset (32 px, as lightly's CIFAR-10 benchmark) the solarization asymmetry stays; presets without
+    colour jitter (characters) are unchanged."""
+    if not spec.jitter:
+        return spec
+    return replace(spec, preset=f"{spec.preset}/byol", jitter_strength=(0.4, 0.4, 0.2, 0.1), solarize=(0.0, 0.2),
+                   blur=(1.0, 0.1) if any(spec.blur) else spec.blur)
 
 
 register_learner(LearnerSpec(
-    "byol", BYOLConfig, lambda cfg, enc: BYOL(cfg, enc),
+    "byol", BYOLConfig, BYOL,
     "non-contrastive: predict an EMA target network's projection of the other view",
-    "Grill et al., Bootstrap Your Own Latent, NeurIPS 2020", default_source="views"))
+    default_source="views", augment=augment_views))

@@ -8,7 +8,8 @@ when the batch cannot define the loss (e.g. one image for a contrastive loss).
 - `normalized_mse`    BYOL (Grill et al. 2020), eq. 2: ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z), target z detached.
 - `negative_cosine`   SimSiam (Chen & He 2021): D(p, z) = -cos(p, stopgrad(z)).
 - `barlow_twins_loss` Barlow Twins (Zbontar et al. 2021), eq. 1: sum_i (1 - C_ii)^2 + lambda sum_{i!=j} C_ij^2.
-- `vicreg_loss`       VICReg (Bardes et al. 2022): lambda s + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')].
+- `vicreg_loss`       VICReg (Bardes et al. 2022): lambda s + mu [v(Z) + v(Z')] / 2 + nu [c(Z) + c(Z')] as the
+                      authors' code (default), or the paper's mu [v(Z) + v(Z')] with variance_form="paper".
 - `rotate4` / `rotation_loss`  RotNet (Gidaris et al. 2018): 4-way prediction of 0/90/180/270-degree rotations.
 - `sinkhorn`          the Sinkhorn-Knopp equal-partition transport plan of SwAV (Caron et al. 2020), as PsCo uses it
                       to assign queue entries to the images of a batch.
@@ -103,15 +104,21 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
 
 
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
-                cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, dict]:
+                cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4, variance_form: str = "code"
+                ) -> tuple[torch.Tensor, dict]:
     """VICReg: invariance s = MSE(Z, Z') (mean over batch and dimensions); variance v(Z) = mean_j relu(gamma -
     sqrt(Var(z_j) + eps)) (unbiased variance); covariance c(Z) = sum_{i!=j} Cov(Z)_ij^2 / D (Cov with B - 1).
-    Loss = sim_weight s + var_weight (v(Z) + v(Z')) / 2 + cov_weight (c(Z) + c(Z')), as the authors' code (which
-    averages the two variance terms). Returns (loss, {"invariance", "variance", "covariance"})."""
+    Loss = sim_weight s + var_weight V + cov_weight (c(Z) + c(Z')), the covariance terms summed in both forms, with
+    V = (v(Z) + v(Z')) / 2 for variance_form="code" (the authors' released code, also lightly) or V = v(Z) + v(Z')
+    for "paper" (the loss as Bardes et al. 2022 write it). Computed in float32, or float64 for float64 inputs.
+    Returns (loss, {"invariance": s, "variance": V, "covariance": c(Z) + c(Z')}), the terms the weights multiply."""
     _need(z1.shape == z2.shape and z1.dim() == 2, "vicreg_loss: two [B, D] views expected")
+    _need(variance_form in ("code", "paper"), f"vicreg_loss: variance_form must be 'code' or 'paper', got "
+          f"{variance_form!r}")
     b, d = z1.shape
     _need(b >= 2, f"vicreg_loss: variance and covariance need at least 2 images, got {b}")
-    z1, z2 = z1.float(), z2.float()
+    dtype = torch.promote_types(z1.dtype, torch.float32)  # bf16/fp16 -> float32; float64 stays (exact checks)
+    z1, z2 = z1.to(dtype), z2.to(dtype)
     inv = F.mse_loss(z1, z2)
 
     def var_cov(z):
@@ -122,7 +129,8 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, va
 
     v1, c1 = var_cov(z1)
     v2, c2 = var_cov(z2)
-    var = (v1 + v2) / 2
+    # the released code averages the two variance hinges, which halves mu relative to the paper's formula
+    var = (v1 + v2) / 2 if variance_form == "code" else v1 + v2
     cov = c1 + c2
     loss = sim_weight * inv + var_weight * var + cov_weight * cov
     return loss, {"invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach()}

@@ -47,17 +47,16 @@ class MoCoConfig(SSLConfig):
     proj_layers: int = option(2, range=(1, 8))
 
 
-def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
-    """Write `keys` [n, D] into the ring buffer `queue` [K, D] at `ptr` (a 1-element int64 tensor), wrapping around
-    the end, and advance `ptr` by n (mod K). With n > K only the last K keys are written. In place, on the device,
-    without host synchronization."""
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ring buffer `queue` [K, D] with `keys` [n, D] written at `ptr` (a 1-element int64 tensor), wrapping around
+    the end, and the pointer advanced by n (mod K): new tensors, the inputs are unchanged. With n > K only the last K
+    keys are written. On the device, without host synchronization."""
     k = queue.shape[0]
     if keys.shape[0] > k:
         keys = keys[-k:]
     n = keys.shape[0]
     idx = (ptr + torch.arange(n, device=queue.device)) % k
-    queue.index_copy_(0, idx, keys.to(queue.dtype))
-    ptr.copy_((ptr + n) % k)
+    return queue.index_copy(0, idx, keys.to(queue.dtype)), (ptr + n) % k
 
 
 class MoCo(SSLLearner):
@@ -94,18 +93,18 @@ class MoCo(SSLLearner):
             loss = sum(lo for lo, _ in losses) / nq
             acc = sum(a for _, a in losses) / nq
         keys = F.normalize(k.detach().float(), dim=1)
-        return loss, {"loss": loss.detach(), "contrastive_acc": acc, "embedding_std": self.monitor(q), "keys": keys}
+        return self.output(loss, {"contrastive_acc": acc}, q, state={"keys": keys})
 
-    def update_state(self, params, buffers, aux, step, total_steps):
+    def update(self, params, buffers, state, step, total_steps):
         c = self.config
         m = c.momentum if c.momentum_schedule == "constant" else momentum_cosine(c.momentum, step, total_steps)
-        self.ema_update(params, buffers, m)
-        if "keys" in aux:
-            enqueue(buffers[QUEUE], buffers[PTR], aux["keys"])
+        new = self.ema_update(params, buffers, m)
+        if "keys" in state:
+            new[QUEUE], new[PTR] = enqueue(buffers[QUEUE], buffers[PTR], state["keys"])
+        return new
 
 
 register_learner(LearnerSpec(
-    "moco", MoCoConfig, lambda cfg, enc: MoCo(cfg, enc),
-    "contrastive: momentum key encoder and a queue of negative keys (MoCo v2: MLP head, blur, cosine lr)",
-    "He et al., Momentum Contrast for Unsupervised Visual Representation Learning, CVPR 2020; Chen et al., "
-    "Improved Baselines with Momentum Contrastive Learning, 2020", default_source="views"))
+    "moco", MoCoConfig, MoCo,
+    'contrastive: momentum key encoder and a queue of negative keys (MoCo v2: MLP head, blur, cosine lr)',
+    default_source="views"))

@@ -40,11 +40,10 @@ class RotNet(SSLLearner):
         logits = self.head("classifier", {**params, **buffers}, f)
         with fp32(logits):
             loss, acc = rotation_loss(logits, labels)
-        return loss, {"loss": loss.detach(), "accuracy": acc, "embedding_std": self.monitor(f)}
+        return self.output(loss, {"accuracy": acc}, f)
 
 
 register_learner(LearnerSpec(
-    "rotnet", RotNetConfig, lambda cfg, enc: RotNet(cfg, enc),
-    "pretext task: predict which of 4 rotations (0/90/180/270 degrees) an image was given",
-    "Gidaris et al., Unsupervised Representation Learning by Predicting Image Rotations, ICLR 2018",
+    "rotnet", RotNetConfig, RotNet,
+    'pretext task: predict which of 4 rotations (0/90/180/270 degrees) an image was given',
     default_source="views"))

@@ -33,11 +33,10 @@ class SimCLR(SSLLearner):
         (z,) = self.project_views(params, buffers, batch)
         with fp32(z):
             loss, acc = nt_xent_loss(z[0], z[1], self.config.temperature)
-        return loss, {"loss": loss.detach(), "contrastive_acc": acc, "embedding_std": self.monitor(z[0])}
+        return self.output(loss, {"contrastive_acc": acc}, z[0])
 
 
 register_learner(LearnerSpec(
-    "simclr", SimCLRConfig, lambda cfg, enc: SimCLR(cfg, enc),
-    "contrastive: NT-Xent between two augmented views, projection MLP",
-    "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020",
+    "simclr", SimCLRConfig, SimCLR,
+    'contrastive: NT-Xent between two augmented views, projection MLP',
     default_source="views"))

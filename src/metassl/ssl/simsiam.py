@@ -39,10 +39,10 @@ class SimSiam(SSLLearner):
         z, p = self.project_views(params, buffers, batch, "projector", "predictor")
         with fp32(p):
             loss = 0.5 * negative_cosine(p[0], z[1]) + 0.5 * negative_cosine(p[1], z[0])
-        return loss, {"loss": loss.detach(), "embedding_std": self.monitor(z[0])}
+        return self.output(loss, {}, z[0])
 
 
 register_learner(LearnerSpec(
-    "simsiam", SimSiamConfig, lambda cfg, enc: SimSiam(cfg, enc),
-    "non-contrastive: predictor + stop-gradient, no negatives, no momentum encoder",
-    "Chen & He, Exploring Simple Siamese Representation Learning, CVPR 2021", default_source="views"))
+    "simsiam", SimSiamConfig, SimSiam,
+    'non-contrastive: predictor + stop-gradient, no negatives, no momentum encoder',
+    default_source="views"))

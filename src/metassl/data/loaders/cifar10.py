@@ -184,4 +184,4 @@ def load(root: Path, split: str, size: int) -> ClassSplit:
 register_dataset(DatasetSpec(
     name="cifar10", splits=SPLITS, image_size=32, channels=3,
     description="CIFAR-10, 10 classes, 50,000 train / 10,000 test, 32x32 RGB (python batches or the JPEG tar.xz)",
-    load=load, locate=locate))
+    load=load, locate=locate, augment="cifar10"))

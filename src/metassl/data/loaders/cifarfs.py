@@ -131,8 +131,8 @@ def load_fc100(root: Path, split: str, size: int) -> ClassSplit:
 register_dataset(DatasetSpec(
     name="cifar_fs", splits=SPLITS, image_size=32, channels=3,
     description="CIFAR-FS (Bertinetto et al. 2019), CIFAR-100 split 64/16/20 classes x 600 images, 32x32 RGB",
-    load=load_cifar_fs, locate=lambda root: _folder(root, "cifar_fs")))
+    load=load_cifar_fs, locate=lambda root: _folder(root, "cifar_fs"), augment="cifar10"))
 register_dataset(DatasetSpec(
     name="fc100", splits=SPLITS, image_size=32, channels=3,
     description="FC100 (Oreshkin et al. 2018), CIFAR-100 split by superclass 12/4/4 = 60/20/20 classes, 32x32 RGB",
-    load=load_fc100, locate=lambda root: _folder(root, "fc100")))
+    load=load_fc100, locate=lambda root: _folder(root, "fc100"), augment="cifar10"))

@@ -57,4 +57,4 @@ def load(root: Path, split: str, size: int) -> ClassSplit:
 register_dataset(DatasetSpec(
     name="digits", splits=SPLITS, image_size=8, channels=1,
     description="scikit-learn's 8x8 digits, 1,797 images, always offline; train = 0-5, test = 6-9, all = 0-9",
-    load=load, locate=locate))
+    load=load, locate=locate, augment="mnist"))

@@ -109,4 +109,4 @@ def load(root: Path, split: str, size: int) -> ClassSplit:
 register_dataset(DatasetSpec(
     name="mnist", splits=SPLITS, image_size=28, channels=1,
     description="MNIST handwritten digits, 10 classes, 60,000 train / 10,000 test, 28x28 grayscale (IDX files)",
-    load=load, locate=locate))
+    load=load, locate=locate, augment="mnist"))

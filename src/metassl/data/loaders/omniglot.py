@@ -148,4 +148,4 @@ def load(root: Path, split: str, size: int) -> ClassSplit:
 register_dataset(DatasetSpec(
     name="omniglot", splits=VINYALS + PARTS, image_size=28, channels=1,
     description="Omniglot, 1,623 characters x 20 drawers; Vinyals split with rotations, or background/evaluation",
-    load=load, locate=locate))
+    load=load, locate=locate, augment="omniglot"))

@@ -25,7 +25,7 @@ frozen encoder features, as for the other self-supervised methods.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,13 +35,13 @@ from ..config import ConfigError, option
 from ..data.augment import AugmentSpec, augment, weak_view
 from ..data.episodic import ClassSplit
 from ..data.task_sources import register_task_source
-from ..data.views import ViewBatch, ViewSource
+from ..data.views import ViewBatch, ViewSource, ViewsTaskConfig
+from ..learners.base import LearnerSpec, register_learner
 from ..learners.protonet import prototypes
-from ..ssl.base import SSLConfig, fp32
-from ..ssl.heads import MLPHead, mlp_dims
-from ..ssl.losses import info_nce_loss, pseudo_supcon_loss, sinkhorn
-from ..ssl.moco import QUEUE, MoCo
-from .base import LearnerSpec, register_learner
+from .base import SSLConfig, fp32
+from .heads import MLPHead, mlp_dims
+from .losses import info_nce_loss, pseudo_supcon_loss, sinkhorn
+from .moco import QUEUE, MoCo
 
 
 @dataclass
@@ -118,9 +118,9 @@ class PsCo(MoCo):
             supcon, task_acc = pseudo_supcon_loss(q, supports, c.supcon_temperature)
             moco, moco_acc = info_nce_loss(q, keys, queue, c.temperature)
             loss = c.supcon_weight * supcon + c.moco_weight * moco
-        return loss, {"loss": loss.detach(), "supcon_loss": supcon.detach(), "moco_loss": moco.detach(),
-                      "pseudo_task_acc": task_acc, "contrastive_acc": moco_acc,
-                      "embedding_std": self.monitor(z_online), "keys": keys.detach()}
+        return self.output(loss, {"supcon_loss": supcon.detach(), "moco_loss": moco.detach(),
+                                  "pseudo_task_acc": task_acc, "contrastive_acc": moco_acc}, z_online,
+                           state={"keys": keys.detach()})
 
     # -- few-shot evaluation --------------------------------------------------------------------------------------
     def adapt(self, params, buffers, support_x, support_y, ways):
@@ -141,7 +141,17 @@ class PsCo(MoCo):
         return 10.0 * (F.normalize(p, dim=-1) @ state.transpose(1, 2))  # cosine x 10 (sharper probabilities only)
 
 
-@register_task_source("psco")
+def augment_views(spec: AugmentSpec) -> AugmentSpec:
+    """PsCo's code (Jang et al. 2023): the strong view is a SimCLR-style crop of 0.2-1 + flip + colour; on Omniglot
+    crop + flip only."""
+    if spec.preset == "omniglot":
+        return AugmentSpec(preset="omniglot/psco", crop_scale=(0.2, 1.0), flip=0.5).filled()
+    if spec.preset in ("cifar10", "generic"):
+        return replace(spec, preset=f"{spec.preset}/psco", crop_scale=(0.2, 1.0))
+    return spec
+
+
+@register_task_source("psco", ViewsTaskConfig)
 class PsCoViews(ViewSource):
     """Two views per image for PsCo: view 0 with the run's augmentation (strong; the online network's), view 1 with
     its geometric part only (weak; the momentum network's), as the paper's `--aug strong weak`. Labels are never
@@ -167,8 +177,6 @@ class PsCoViews(ViewSource):
 
 
 register_learner(LearnerSpec(
-    "psco", PsCoConfig, lambda cfg, enc: PsCo(cfg, enc),
-    "unsupervised meta-learning: pseudo-tasks from a momentum network's queue (Sinkhorn), supervised contrastive "
-    "loss on them plus MoCo",
-    "Jang, Lee & Shin, Unsupervised Meta-learning via Few-shot Pseudo-supervised Contrastive Learning, ICLR 2023",
-    default_source="psco"))
+    "psco", PsCoConfig, PsCo,
+    "unsupervised meta-learning: pseudo-tasks from a momentum network's queue (Sinkhorn), supervised contrastive loss on them plus MoCo",
+    default_source="psco", augment=augment_views))

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from ..data.episodic import TaskBatch
-from ..ssl.losses import nt_xent_loss, rotate4, rotation_loss
-from .base import Learner, Tensors
+from ..learners.base import Learner, LossOutput, Tensors
+from .losses import nt_xent_loss, rotate4, rotation_loss
 
 ROTATION_HEAD = "learner.aux_rotation."
 CONTRASTIVE_HEAD = "learner.aux_contrastive."
@@ -36,19 +36,21 @@ def _linear_init(out_dim: int, in_dim: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 class SelfSupervisedAuxiliary:
-    """Wraps a learner: same functions, its `loss` plus the weighted auxiliary terms; attributes pass through."""
+    """Wraps a learner: same functions, its `loss` plus the weighted auxiliary terms; other attributes (adapt,
+    classify, update, options, ...) are the wrapped learner's."""
 
     def __init__(self, inner: Learner, rotation: float = 0.0, contrastive: float = 0.0, temperature: float = 0.5):
-        object.__setattr__(self, "inner", inner)
-        object.__setattr__(self, "rotation", float(rotation))
-        object.__setattr__(self, "contrastive", float(contrastive))
-        object.__setattr__(self, "temperature", float(temperature))
+        self.inner = inner
+        self.rotation, self.contrastive, self.temperature = float(rotation), float(contrastive), float(temperature)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copying): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def __setattr__(self, name: str, value: Any) -> None:  # e.g. the engine choosing `path`
-        setattr(self.inner, name, value)
+    def with_options(self, options: Any = None, **changes: Any) -> "SelfSupervisedAuxiliary":
+        return SelfSupervisedAuxiliary(self.inner.with_options(options, **changes), self.rotation, self.contrastive,
+                                       self.temperature)
 
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
         params = dict(self.inner.init_params(feature_dim, ways))
@@ -77,9 +79,9 @@ class SelfSupervisedAuxiliary:
         p = h @ params[CONTRASTIVE_HEAD + "1.weight"].t() + params[CONTRASTIVE_HEAD + "1.bias"]
         return nt_xent_loss(p[:b], p[b:], self.temperature)
 
-    def loss(self, params: Tensors, buffers: Tensors, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, aux = self.inner.loss(params, buffers, batch)
-        aux = dict(aux)
+    def loss(self, params: Tensors, buffers: Tensors, batch: Any) -> LossOutput:
+        out = self.inner.loss(params, buffers, batch)
+        loss, aux = out.loss, dict(out.metrics)
         if self.rotation > 0:
             if isinstance(batch, TaskBatch):
                 images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
@@ -99,4 +101,4 @@ class SelfSupervisedAuxiliary:
             con, acc = self.contrastive_term(params, buffers, views)
             loss = loss + self.contrastive * con
             aux.update(aux_contrastive_loss=con.detach(), aux_contrastive_accuracy=acc)
-        return loss, aux
+        return LossOutput(loss, aux, out.state)

@@ -1,0 +1,43 @@
+"""Frozen encoders of saved runs: load a run with the data it was trained on, and embed a split with it.
+
+Used by the trainer (CACTUs' `tasks.embed_from`), the kNN and linear-probe protocols, prediction and the report, so
+that "load a run and its split" and "embed with the frozen encoder" exist once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.episodic import ClassSplit
+from ..data.registry import load_dataset
+from ..errors import ConfigError
+from ..eval.knn import extract_features
+from .build import Model, load_model
+
+__all__ = ["embed_with_run", "load_run_split"]
+
+
+def load_run_split(model: Model, dataset: str | None = None, split: str | None = None, data_root: str | None = None,
+                   device: torch.device | str | None = None) -> ClassSplit:
+    """A split of `dataset` (default: the run's data set; split default: its test split) at the model's image size,
+    checked against the image shape the model was trained on."""
+    cfg = model.config
+    ds, sp = dataset or cfg.data.dataset, split or cfg.data.test_split
+    data = load_dataset(ds, sp, data_root or cfg.data.root, model.image_shape[-1],
+                        device if device is not None else model.params[next(iter(model.params))].device)
+    if data.image_shape != tuple(model.image_shape):
+        raise ValueError(f"{ds}/{sp} images are {data.image_shape} but the model was trained on "
+                         f"{tuple(model.image_shape)} images")
+    return data
+
+
+def embed_with_run(run: str | Path, split: ClassSplit, device: torch.device | str = "cpu",
+                   batch_size: int = 1024) -> torch.Tensor:
+    """Encoder features [M, D] (float32, eval mode, the run's recorded preprocessing) of every image of `split`."""
+    model, _ = load_model(run, device)
+    if tuple(model.image_shape) != split.image_shape:
+        raise ConfigError(f"{run}: its encoder takes {tuple(model.image_shape)} images but {split.name} has "
+                          f"{split.image_shape}; use an encoder trained at this image size")
+    return extract_features(model, split.images, model.preprocess, batch_size)
