@@ -51,3 +51,41 @@ def test_newer_format_and_foreign_folder_are_clear_errors(tmp_path):
         find_checkpoint(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="does not exist"):
         find_checkpoint(tmp_path / "nowhere")
+
+
+def test_format_1_checkpoints_and_run_folders_still_load(tmp_path):
+    # before each task source owned its keys, every stored config had the fixed tasks section's keys, augment
+    # without the newer keys, and learner configs without the engine options: such runs must still evaluate/resume
+    import yaml
+
+    from metassl.config import apply_overrides, resolve
+    from metassl.engine.build import load_model
+    from metassl.engine.trainer import load_run_config, train
+
+    cfg = resolve(apply_overrides({}, ["data.dataset=digits", "data.train_split=train", "data.val_split=null",
+                                       "model.backbone=mlp", "model.hidden=[8]", "model.image_size=8",
+                                       "tasks.ways=3", "tasks.shots=1", "tasks.queries=2", "train.steps=2",
+                                       "train.progress=false", "train.tensorboard=false"]))
+    run = tmp_path / "run"
+    train(cfg, run)
+    legacy_tasks = {"batch_size": 256, "views": 2, "embed_from": None, "clusters": 500, "partitions": 1,
+                    "kmeans_iters": 30}
+    folder = find_checkpoint(run)
+    state = json.loads((folder / "state.json").read_text())
+    state["format_version"] = 1
+    state["config"]["tasks"].update(legacy_tasks)
+    for k in ("amp", "compile", "tasks_per_chunk", "path"):
+        state["config"]["learner"].pop(k)
+    state["config"]["augment"] = {"preset": "auto", "crop_scale": None, "flip": None, "blur": None}
+    (folder / "state.json").write_text(json.dumps(state))
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["tasks"].update(legacy_tasks)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    model, info = load_model(run)
+    assert model.config.tasks.ways == 3 and not hasattr(model.config.tasks, "batch_size")
+    assert load_run_config(run, ["train.steps=4"]).train.steps == 4
+    # a key that never existed is still refused
+    raw["tasks"]["batch_sise"] = 3
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(Exception, match="batch_sise"):
+        load_run_config(run)

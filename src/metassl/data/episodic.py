@@ -127,13 +127,19 @@ class ClassSplit:
 
 @dataclass
 class TaskBatch:
-    """T few-shot tasks. Labels are 0..N-1 within each task; support and query images are disjoint."""
+    """T few-shot tasks: a support set to adapt on and a query set to be judged on, per task.
 
-    support_x: torch.Tensor  # [T, N*K, C, H, W]
-    support_y: torch.Tensor  # [T, N*K] int64
-    query_x: torch.Tensor  # [T, N*Q, C, H, W]
-    query_y: torch.Tensor  # [T, N*Q] int64
-    ways: int
+    Classification (every built-in source): targets are labels 0..N-1 within each task (`ways` = N), support and
+    query images disjoint. The inputs need not be images and the targets need not be labels: inputs are any
+    [T, S, *input_shape] tensor (images [C, H, W], vectors [D]) and targets any [T, S, ...] tensor, e.g. float
+    values for few-shot regression, with `ways` None; learners pick the loss from the targets' dtype
+    (`learners.base.task_loss`)."""
+
+    support_x: torch.Tensor  # [T, S, *input_shape], classification: S = N*K
+    support_y: torch.Tensor  # [T, S] int64 labels, or [T, S, ...] real-valued targets
+    query_x: torch.Tensor  # [T, Q', *input_shape]
+    query_y: torch.Tensor  # [T, Q'] or [T, Q', ...]
+    ways: int | None
     classes: torch.Tensor | None = None  # [T, N] split-level class index of each task label (None if unknown)
     # [T, V, N*(K+Q), C, H, W]: V augmented views of each task's support then query images, for a self-supervised
     # auxiliary term (`aux.contrastive`); drawn by `AuxiliaryViews` from the images only, None otherwise

@@ -66,7 +66,7 @@ class Model:
 def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: Preprocess,
                 device: torch.device | str = "cpu") -> Model:
     encoder = build_backbone(cfg.model, image_shape[0]).to(device)
-    options = EngineOptions.from_config(cfg, encoder)
+    options = EngineOptions.from_config(cfg, encoder).for_inputs(tuple(image_shape))
     if options.channels_last:
         encoder.to(memory_format=torch.channels_last)
     learner = get_learner(cfg.learner.name).build(cfg.learner, encoder).with_options(options)

@@ -36,7 +36,7 @@ ENCODER = "encoder."
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 __all__ = ["ENCODER", "EngineOptions", "Learner", "LearnerSpec", "LossOutput", "Tensors", "get_learner",
-           "query_loss", "register_learner", "sub"]
+           "query_loss", "register_learner", "sub", "task_loss"]
 
 
 def sub(tensors: Tensors, prefix: str) -> Tensors:
@@ -55,6 +55,7 @@ class EngineOptions:
     tasks_per_chunk: int | None = None
     path: str = "auto"  # "vmap" | "loop" | "auto" (the engine times both for learners that map over tasks)
     channels_last: bool = False  # images are fed in NHWC layout (conv backbones)
+    input_ndim: int = 3  # dims of one input: 3 for images [C, H, W], 1 for vectors [D]
 
     @classmethod
     def from_config(cls, cfg: Any, encoder: nn.Module | None = None) -> "EngineOptions":
@@ -62,6 +63,11 @@ class EngineOptions:
         lc = cfg.learner
         conv = encoder is not None and any(isinstance(m, nn.Conv2d) for m in encoder.modules())
         return cls(lc.amp, lc.compile, lc.tasks_per_chunk, lc.path, bool(cfg.train.channels_last and conv))
+
+    def for_inputs(self, input_shape: tuple[int, ...]) -> "EngineOptions":
+        """These options for inputs of one example's shape (images [C, H, W]; vectors [D]: no channels-last)."""
+        return dataclasses.replace(self, input_ndim=len(input_shape),
+                                   channels_last=self.channels_last and len(input_shape) == 3)
 
 
 @dataclass
@@ -121,10 +127,11 @@ class Learner:
         """Encoder features of images shaped [..., C, H, W] -> [..., D] (leading dims flattened and restored).
         `per_task`: images [T, M, C, H, W] of T independent episodes; with batch-statistics BatchNorm each episode
         is normalized on its own."""
-        if per_task and self.batch_statistics and images.dim() == 5 and images.shape[0] > 1:
+        nd = self.options.input_ndim
+        if per_task and self.batch_statistics and images.dim() == nd + 2 and images.shape[0] > 1:
             return torch.stack([self.embed(params, buffers, x) for x in images.unbind(0)])
-        lead = images.shape[:-3]
-        x = images.reshape(-1, *images.shape[-3:])
+        lead = images.shape[:-nd]
+        x = images.reshape(-1, *images.shape[-nd:])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         z = functional_call(self.encoder, {**sub(params, ENCODER), **sub(buffers, ENCODER)}, (x,))
@@ -147,6 +154,14 @@ class Learner:
         """The meta-training loss of a batch of tasks (mean over tasks) and metrics to log."""
         logits = self.predict(params, buffers, batch.support_x, batch.support_y, batch.query_x, batch.ways)
         return query_loss(logits, batch.query_y)
+
+
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of one task's (or a batch's) outputs: cross-entropy for class labels (integer targets), mean squared
+    error for real-valued targets (few-shot regression: outputs and targets of the same shape)."""
+    if targets.is_floating_point():
+        return F.mse_loss(outputs, targets)
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
 
 
 def query_loss(logits: torch.Tensor, query_y: torch.Tensor) -> LossOutput:
