@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import option
 from .layers import NORMS, norm2d
-from .registry import BackboneSpec, register_backbone
+from .registry import register_backbone
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Conv4Config:
                                          "(the conv4 of PsCo's code), instead of 1x1 and 64")
 
 
+@register_backbone("conv4", Conv4Config, "4 x [conv3x3, norm, ReLU, max-pool], flattened")
 class Conv4(nn.Module):
     def __init__(self, cfg: Conv4Config, in_channels: int):
         super().__init__()
@@ -46,7 +47,3 @@ class Conv4(nn.Module):
     def forward(self, x):
         x = self.features(x)
         return x.mean(dim=(-2, -1)) if self.avg else x.flatten(1)
-
-
-register_backbone(BackboneSpec("conv4", Conv4Config, lambda cfg, c: Conv4(cfg, c),
-                               "4 x [conv3x3, norm, ReLU, max-pool], flattened"))

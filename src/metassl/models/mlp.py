@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..config import option
-from .registry import BackboneSpec, register_backbone
+from .registry import register_backbone
 
 
 @dataclass
@@ -24,6 +24,7 @@ class MLPConfig:
             raise ConfigError(f"model.hidden must be a non-empty list of positive widths, got {self.hidden}")
 
 
+@register_backbone("mlp", MLPConfig, "fully connected layers on pixels")
 class MLP(nn.Module):
     def __init__(self, cfg: MLPConfig, in_channels: int):
         super().__init__()
@@ -44,6 +45,3 @@ class MLP(nn.Module):
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                           antialias=True)
         return self.net(x)
-
-
-register_backbone(BackboneSpec("mlp", MLPConfig, lambda cfg, c: MLP(cfg, c), "fully connected layers on pixels"))

@@ -20,8 +20,23 @@ class BackboneSpec:
     description: str = ""
 
 
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    return BACKBONES.add(spec.name, spec)
+def register_backbone(spec_or_name: BackboneSpec | str, config: type | None = None, description: str = ""):
+    """Register a backbone: `register_backbone(BackboneSpec(...))`, or as a class decorator
+
+        @register_backbone("conv4", Conv4Config, "4 x [conv3x3, norm, ReLU, max-pool]")
+        class Conv4(nn.Module):
+            def __init__(self, cfg: Conv4Config, in_channels: int): ...
+    """
+    if isinstance(spec_or_name, BackboneSpec):
+        return BACKBONES.add(spec_or_name.name, spec_or_name)
+    if config is None:
+        raise TypeError(f"backbone {spec_or_name!r}: give its config class")
+
+    def deco(cls):
+        BACKBONES.add(spec_or_name, BackboneSpec(spec_or_name, config, cls, description))
+        return cls
+
+    return deco
 
 
 def get_backbone(name: str) -> BackboneSpec:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import option
 from .layers import NORMS, norm2d
-from .registry import BackboneSpec, register_backbone
+from .registry import register_backbone
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Block(nn.Module):
         return self.dropout(self.drop(self.out(self.body(x) + self.shortcut(x))))
 
 
+@register_backbone("resnet12", ResNet12Config, "ResNet-12 (64-160-320-640), global average pooling")
 class ResNet12(nn.Module):
     def __init__(self, cfg: ResNet12Config, in_channels: int):
         super().__init__()
@@ -83,7 +84,3 @@ class ResNet12(nn.Module):
 
     def forward(self, x):
         return self.blocks(x).mean(dim=(-2, -1))
-
-
-register_backbone(BackboneSpec("resnet12", ResNet12Config, lambda cfg, c: ResNet12(cfg, c),
-                               "ResNet-12 (64-160-320-640), global average pooling"))

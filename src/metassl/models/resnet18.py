@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import option
 from .layers import NORMS, norm2d
-from .registry import BackboneSpec, register_backbone
+from .registry import register_backbone
 
 
 @dataclass
@@ -47,6 +47,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+@register_backbone("resnet18", ResNet18Config, "ResNet-18 (CIFAR stem by default), global average pooling: 512 features")
 class ResNet18(nn.Module):
     def __init__(self, cfg: ResNet18Config, in_channels: int):
         super().__init__()
@@ -76,7 +77,3 @@ class ResNet18(nn.Module):
 
     def forward(self, x):
         return self.stages(self.stem(x)).mean(dim=(-2, -1))
-
-
-register_backbone(BackboneSpec("resnet18", ResNet18Config, lambda cfg, c: ResNet18(cfg, c),
-                               "ResNet-18 (CIFAR stem by default), global average pooling: 512 features"))
