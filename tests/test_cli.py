@@ -45,8 +45,8 @@ def test_train_then_eval_json(tmp_path, capsys):
                               "1", "--queries", "5", "--episodes", "50", "--seed", "3", "--json"], capsys)
     assert code == 0, err
     res = json.loads(out)
-    assert res["protocol"] == {"dataset": "digits", "split": "test", "ways": 4, "shots": 1, "queries": 5,
-                               "episodes": 50, "seed": 3}
+    assert res["protocol"] == {"name": "fewshot", "dataset": "digits", "split": "test", "ways": 4, "shots": 1,
+                               "queries": 5, "episodes": 50, "seed": 3}
     for k in ("accuracy", "ci95", "precision", "recall", "f1", "roc_auc"):
         assert isinstance(res[k], float)
     assert 25.0 < res["accuracy"] <= 100.0 and 0 < res["ci95"] < 20
@@ -54,6 +54,14 @@ def test_train_then_eval_json(tmp_path, capsys):
     _, out2, _ = run_cli(["eval", str(run), "--dataset", "digits", "--split", "test", "--ways", "4", "--shots",
                           "1", "--queries", "5", "--episodes", "50", "--seed", "3", "--json"], capsys)
     assert json.loads(out2)["accuracy"] == res["accuracy"]
+    # the library function behind the command: the same number, progress reported per protocol, nothing printed
+    from metassl.engine.evaluate import evaluate_run
+
+    seen = []
+    _, _, (r,) = evaluate_run(str(run), "digits", "test", 4, 1, 5, 50, 3, batch_episodes=20,
+                              progress=lambda p, done: seen.append((p.tag, done)))
+    assert r.accuracy == res["accuracy"] and r.tag == "4w1s" and seen == [("4w1s", 20), ("4w1s", 40), ("4w1s", 50)]
+    assert capsys.readouterr().out == ""
 
     code, out, _ = run_cli(["eval", str(run / "checkpoints" / "best")], capsys)
     assert code == 0 and "3-way 1-shot" in out and "3-way 5-shot" in out

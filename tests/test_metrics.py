@@ -1,3 +1,4 @@
+import json
 import math
 
 import mpmath
@@ -103,3 +104,32 @@ def test_roc_auc_counts_permuted_rows_as_ties():
         logits[0, i + 1] = logits[0, i][perm]
     m = episode_metrics(logits, labels, ways)
     assert float(m["roc_auc"][0]) == pytest.approx(_exact_ovr_auc(logits[0], labels[0]), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the one result type of every protocol
+
+
+def test_one_result_type_for_every_protocol():
+    from metassl.eval import EvalResult, Protocol
+
+    p = Protocol("digits", "test", 4, 1, 5, 2, 0)
+    fs = EvalResult(p.to_dict(), 60.0, 5.0, {"accuracy": {"mean": 60.0, "ci95": 5.0}, "f1": {"mean": 0.5, "ci95": 0.1},
+                                             "roc_auc": {"mean": 0.75, "ci95": math.nan}}, 1.23456,
+                    per_episode_accuracy=[50.0, 70.0])
+    d = fs.to_dict()
+    assert d["protocol"] == {"name": "fewshot", "dataset": "digits", "split": "test", "ways": 4, "shots": 1,
+                             "queries": 5, "episodes": 2, "seed": 0}
+    assert (d["accuracy"], d["ci95"], d["f1"], d["roc_auc"], d["seconds"]) == (60.0, 5.0, 0.5, 0.75, 1.235)
+    assert d["metrics"]["roc_auc"]["ci95"] is None and "top1" not in d and "per_episode_accuracy" not in d
+    assert fs.tag == "4w1s" and fs.line().startswith("digits/test 4-way 1-shot (2 episodes, 5 queries, seed 0)")
+    knn = EvalResult({"name": "knn", "k": 5, "temperature": 0.1, "dataset": "toy", "train_split": "a",
+                      "test_split": "b", "train_size": 10, "test_size": 4}, 75.0, per_class_accuracy=[100.0, math.nan])
+    d = knn.to_dict()
+    assert d["ci95"] is None and d["top1"] == 0.75 and d["per_class_accuracy"] == [100.0, None]
+    assert math.isnan(knn.ci95) and knn.tag == "knn" and knn.line().endswith("top-1 75.00%")
+    lin = EvalResult({"name": "linear", "weight_decay": 1e-4, "dataset": "toy", "train_split": "a", "test_split": "b",
+                      "train_size": 10, "test_size": 4}, 50.0, metrics={"train_accuracy": {"mean": 90.0, "ci95": math.nan}})
+    d = lin.to_dict()
+    assert d["train_accuracy"] == 90.0 and d["top1"] == 0.5 and lin.line().endswith("top-1 50.00% (train 90.00%)")
+    json.dumps(d, allow_nan=False)  # JSON without NaN tokens

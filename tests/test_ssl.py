@@ -300,6 +300,35 @@ def test_knn_needs_two_classes_and_matching_splits():
     assert 0.0 <= r.accuracy <= 100.0
 
 
+def test_embed_images_batches_in_eval_mode_and_restores_the_mode():
+    from metassl.eval.features import embed_images
+
+    m = tiny_model("simclr")
+    x = make_split(num_classes=3, per_class=5).images
+    m.train(True)
+    z = embed_images(m, x, batch_size=4)
+    assert m.encoder.training and z.shape[0] == 15 and z.dtype == torch.float32
+    m.train(False)
+    with torch.no_grad():
+        ref = m.learner.embed(m.params, m.buffers, m.preprocess(x))
+    assert torch.allclose(z, ref, atol=1e-6) and embed_images(m, x[:0]).shape == (0, 0)
+
+
+def test_frozen_protocols_return_the_one_result_type():
+    from metassl.eval import EvalResult
+    from metassl.eval.linear import linear_evaluate
+
+    m = tiny_model("simclr")
+    a, b = make_split(num_classes=3, per_class=4), make_split(num_classes=3, per_class=2, name="toy/test", seed=1)
+    k = knn_evaluate(m, a, b, "toy", k=5)
+    lin = linear_evaluate(m, a, b, "toy", max_iter=20)
+    assert isinstance(k, EvalResult) and isinstance(lin, EvalResult)
+    assert k.protocol["name"] == "knn" and len(k.per_class_accuracy) == 3 and math.isnan(k.ci95)
+    assert lin.protocol["name"] == "linear" and 0.0 <= lin.metrics["train_accuracy"]["mean"] <= 100.0
+    assert set(k.to_dict()) >= {"protocol", "accuracy", "top1", "per_class_accuracy", "seconds"}
+    assert set(lin.to_dict()) >= {"protocol", "accuracy", "top1", "train_accuracy", "seconds"}
+
+
 def test_linear_probe_beats_chance_on_separable_features():
     g = torch.Generator().manual_seed(6)
     centers = torch.randn(4, 16, generator=g) * 3

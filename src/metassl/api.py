@@ -25,6 +25,7 @@ import torch
 
 from .data.images import IMAGE_EXTENSIONS, ImageReadError, decode_image, resize_uint8
 from .engine.build import Model, load_model
+from .eval.features import embed_images
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -154,14 +155,14 @@ class FewShotClassifier:
         self.classes_ = sorted(counts)
         index = {c: i for i, c in enumerate(self.classes_)}
         y = torch.tensor([index[str(v)] for v in labels], device=self._device)
-        x = self._prep(self.images_to_tensor(images))
+        images_u8 = self.images_to_tensor(images)
         m = self.model
         m.train(False)
         if self.classifier == "logistic":
-            self._state = self._fit_logistic(x, y)
+            self._state = self._fit_logistic(images_u8, y)
             return self
-        ctx = torch.no_grad()
-        with ctx:
+        x = self._prep(images_u8)
+        with torch.no_grad():
             self._state = m.learner.adapt(m.params, m.buffers, x[None], y[None], len(self.classes_))
         return self
 
@@ -169,17 +170,15 @@ class FewShotClassifier:
         paths, labels = read_support_folder(folder)
         return self.fit(paths, labels)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        with torch.no_grad():
-            return torch.cat([m.learner.embed(m.params, m.buffers, x[i:i + self.batch_size])
-                              for i in range(0, x.shape[0], self.batch_size)])
+    def _embed(self, images: torch.Tensor) -> np.ndarray:
+        """L2-normalized frozen-encoder features of uint8 images, for the logistic classifier."""
+        z = embed_images(self.model, images, self.model.preprocess, self.batch_size)
+        return torch.nn.functional.normalize(z, dim=-1).cpu().numpy()
 
-    def _fit_logistic(self, x: torch.Tensor, y: torch.Tensor):
+    def _fit_logistic(self, images: torch.Tensor, y: torch.Tensor):
         from sklearn.linear_model import LogisticRegression
 
-        z = torch.nn.functional.normalize(self._embed(x), dim=-1).cpu().numpy()
-        return LogisticRegression(max_iter=2000, C=10.0).fit(z, y.cpu().numpy())
+        return LogisticRegression(max_iter=2000, C=10.0).fit(self._embed(images), y.cpu().numpy())
 
     # -- predict -------------------------------------------------------------------------------------------------
     def predict_proba_tensor(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,13 +188,12 @@ class FewShotClassifier:
         m = self.model
         out = []
         for i in range(0, x.shape[0], self.batch_size):
-            q = self._prep(x[i:i + self.batch_size])
             if self.classifier == "logistic":
-                z = torch.nn.functional.normalize(self._embed(q), dim=-1).cpu().numpy()
+                z = self._embed(x[i:i + self.batch_size])
                 out.append(torch.from_numpy(self._state.predict_proba(z)).float())
                 continue
-            ctx = torch.no_grad()
-            with ctx:
+            q = self._prep(x[i:i + self.batch_size])
+            with torch.no_grad():
                 logits = m.learner.classify(m.params, m.buffers, self._state, q[None])[0]
             out.append(logits.detach().float().softmax(-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes_))

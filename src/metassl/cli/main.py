@@ -1,4 +1,7 @@
-"""The `metassl` command: train, eval, datasets, presets, demo."""
+"""The `metassl` command: train, eval, datasets, presets, predict, export, report, demo.
+
+Each command parses its arguments, calls the library (engine/, api, export, report) and prints; evaluation itself
+is `engine/evaluate.py` (`evaluate_run`, `evaluate_frozen`)."""
 
 from __future__ import annotations
 
@@ -62,79 +65,41 @@ def _write_report(run_dir: Path, data_root: str | None, episodes: int, device: s
         print(f"report not written ({type(e).__name__}: {e}); run `metassl report {run_dir}`")
 
 
-def evaluate_run(run: str, dataset=None, split=None, ways=None, shots=None, queries=None, episodes=None, seed=None,
-                 data_root=None, which="latest", device=None, batch_episodes=None, progress=True, overrides=None):
-    """Evaluate a run or checkpoint; unspecified protocol values come from the run's `eval` config."""
-    from ..data.registry import load_dataset
-    from ..engine.build import load_model
-    from ..engine.distributed import resolve_device
-    from ..eval import Protocol, evaluate
+class _EvalBars:
+    """`evaluate_run`'s progress callback as one tqdm bar per protocol, on standard error when it is a terminal."""
 
-    dev = resolve_device(device or "auto")
-    model, state = load_model(run, dev, which, overrides)
-    cfg = model.config
-    ds = dataset or cfg.data.dataset
-    sp = split or cfg.data.test_split
-    shot_list = [shots] if isinstance(shots, int) else (shots or cfg.eval.shots)
-    size = model.image_shape[-1]
-    data = load_dataset(ds, sp, data_root or cfg.data.root, size, dev)
-    if data.image_shape != tuple(model.image_shape):
-        raise ValueError(f"{ds}/{sp} images are {data.image_shape} but the model was trained on "
-                         f"{tuple(model.image_shape)} images")
-    results = []
-    for k in shot_list:
-        p = Protocol(ds, sp, ways or cfg.eval.ways, k, queries or cfg.eval.queries, episodes or cfg.eval.episodes,
-                     cfg.eval.seed if seed is None else seed)
-        bar = None
-        if progress and sys.stderr.isatty():
-            from tqdm import tqdm
+    def __init__(self):
+        self.bar, self.tag = None, None
 
-            bar = tqdm(total=p.episodes, desc=f"eval {p.tag}", unit="ep", leave=False, file=sys.stderr)
-        r = evaluate(model.predict, data, p, model.preprocess, batch_episodes or cfg.eval.batch_episodes,
-                     progress=bar.update if bar else None)
-        if bar:
-            bar.close()
-        results.append(r)
-    return model, state, results
+    def __call__(self, p, done: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.tag != p.tag:
+            self.close()
+            self.bar, self.tag = tqdm(total=p.episodes, desc=f"eval {p.tag}", unit="ep", leave=False,
+                                      file=sys.stderr), p.tag
+        self.bar.update(done - self.bar.n)
+        if done >= p.episodes:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.tag = None, None
 
 
-def evaluate_frozen(run: str, protocol: str, dataset=None, split=None, train_split=None, data_root=None,
-                    which="latest", device=None, k=200, temperature=0.1, max_train=None, max_test=None, seed=None,
-                    weight_decay=1e-4):
-    """kNN or linear-probe accuracy of a run's frozen encoder: labeled `train_split` (default the run's
-    data.train_split) as memory bank / probe training set, `split` (default data.test_split) as test set."""
-    from ..data.registry import load_dataset
-    from ..engine.build import load_model
-    from ..engine.distributed import resolve_device
-    from ..eval.knn import knn_evaluate
-    from ..eval.linear import linear_evaluate
-
-    dev = resolve_device(device or "auto")
-    model, state = load_model(run, dev, which)
-    cfg = model.config
-    ds = dataset or cfg.data.dataset
-    size = model.image_shape[-1]
-    splits = [load_dataset(ds, s, data_root or cfg.data.root, size, dev)
-              for s in (train_split or cfg.data.train_split, split or cfg.data.test_split)]
-    for d in splits:
-        if d.image_shape != tuple(model.image_shape):
-            raise ValueError(f"{d.name} images are {d.image_shape} but the model was trained on "
-                             f"{tuple(model.image_shape)} images")
-    seed = 0 if seed is None else seed
-    if protocol == "knn":
-        r = knn_evaluate(model, splits[0], splits[1], ds, k, temperature, max_train, max_test, seed)
-    else:
-        r = linear_evaluate(model, splits[0], splits[1], ds, weight_decay, max_train=max_train, max_test=max_test,
-                            seed=seed)
-    return model, state, r
+def _progress(show: bool) -> _EvalBars | None:
+    return _EvalBars() if show and sys.stderr.isatty() else None
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
+    from ..engine.evaluate import FROZEN_PROTOCOLS, evaluate_frozen, evaluate_run
+
     protocol = getattr(a, "protocol", "fewshot")
     if protocol != "fewshot" and getattr(a, "overrides", None):
         raise ConfigError(f"learner overrides {a.overrides} apply to few-shot evaluation only; the {protocol} "
                           f"protocol reads the frozen encoder")
-    if protocol != "fewshot":  # kNN / linear probe on frozen features
+    if protocol in FROZEN_PROTOCOLS:  # kNN / linear probe on frozen features
         model, state, r = evaluate_frozen(a.run, protocol, a.dataset, a.split, a.train_split, a.data_root, a.which,
                                           a.device, a.k, a.temperature, a.max_train, a.max_test, a.seed,
                                           a.weight_decay)
@@ -147,19 +112,19 @@ def cmd_eval(a: argparse.Namespace) -> int:
             atomic_write_text(a.out, json.dumps(d, indent=1) + "\n")
         return 0
     model, state, results = evaluate_run(a.run, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed,
-                                         a.data_root, a.which, a.device, a.batch_episodes, progress=not a.json,
-                                         overrides=getattr(a, "overrides", None))
+                                         a.data_root, a.which, a.device, a.batch_episodes,
+                                         progress=_progress(not a.json), overrides=getattr(a, "overrides", None))
     paper = model.config.eval.paper
     rows = []
     for r in results:
         d = r.to_dict()
-        d["paper_accuracy"] = paper.get(r.protocol.tag)
+        d["paper_accuracy"] = paper.get(r.tag)
         d["checkpoint"] = state["checkpoint"]
         d["learner"] = model.config.learner.name
         d["step"] = state["step"]
         rows.append(d)
         if not a.json:
-            ref = f"   (paper: {paper[r.protocol.tag]})" if r.protocol.tag in paper else ""
+            ref = f"   (paper: {paper[r.tag]})" if r.tag in paper else ""
             print(r.line() + ref)
     if a.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))
@@ -215,6 +180,7 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..engine.evaluate import evaluate_run
     from ..engine.trainer import default_run_dir, train
 
     t0 = time.perf_counter()
@@ -223,13 +189,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     print(f"metassl demo: Prototypical Networks (Conv4) on Omniglot, Vinyals split; run folder {run_dir}")
     res = train(cfg, run_dir, data_root=a.data_root)
     print(f"trained {res.steps} episodes ({cfg.tasks.ways}-way {cfg.tasks.shots}-shot) in {res.seconds:.0f} s")
-    _, _, results = evaluate_run(str(run_dir), data_root=a.data_root)
+    _, _, results = evaluate_run(str(run_dir), data_root=a.data_root, progress=_progress(True))
     print(f"\nTest accuracy on {cfg.data.test_split} classes never seen in training "
           f"({cfg.eval.episodes} episodes, {cfg.eval.queries} queries per class, mean ± 95% CI):")
     for r in results:
-        ref = cfg.eval.paper.get(r.protocol.tag)
+        ref = cfg.eval.paper.get(r.tag)
         ref_s = f"   paper (full training): {ref}" if ref else ""
-        print(f"  {r.protocol.ways}-way {r.protocol.shots}-shot: {r.accuracy:.2f} ± {r.ci95:.2f}%{ref_s}")
+        print(f"  {r.protocol['ways']}-way {r.protocol['shots']}-shot: {r.accuracy:.2f} ± {r.ci95:.2f}%{ref_s}")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Next:\n  metassl eval {run_dir} --shots 1 5 --episodes 600"
           f"    # evaluate again (any protocol)\n  metassl report {run_dir}    # HTML page with figures\n"
           f"  metassl predict {run_dir} --support MY_SUPPORT_DIR --query MY_IMAGES    # your own images")
@@ -398,6 +364,16 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"metassl {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+
+def __getattr__(name: str):
+    """`metassl.cli.main.evaluate_run` / `evaluate_frozen` (tests/test_psco.py imports the former from here): the
+    functions of engine/evaluate.py, imported on first use so that the command starts without loading torch."""
+    if name in ("evaluate_run", "evaluate_frozen"):
+        from ..engine import evaluate
+
+        return getattr(evaluate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

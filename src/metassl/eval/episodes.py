@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 
 from ..data.episodic import ClassSplit, Preprocess, eval_episodes
 from .metrics import confidence_interval, episode_metrics
+from .result import EvalResult
 
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
@@ -28,31 +29,9 @@ class Protocol:
     def tag(self) -> str:
         return f"{self.ways}w{self.shots}s"
 
-
-@dataclass
-class EvalResult:
-    protocol: Protocol
-    accuracy: float  # percent
-    ci95: float  # percent, half-width
-    metrics: dict[str, dict[str, float]]  # name -> {"mean", "ci95"} (percent for accuracy, fraction otherwise)
-    seconds: float
-    confusion: list[list[float]] = field(default_factory=list)  # summed over episodes, [true][predicted]
-    per_episode_accuracy: list[float] = field(default_factory=list)
-
-    def to_dict(self, with_episodes: bool = False) -> dict[str, Any]:
-        d = {"protocol": asdict(self.protocol), "accuracy": self.accuracy, "ci95": self.ci95,
-             **{k: v["mean"] for k, v in self.metrics.items() if k != "accuracy"},
-             "metrics": self.metrics, "seconds": round(self.seconds, 3)}
-        if with_episodes:
-            d["per_episode_accuracy"] = self.per_episode_accuracy
-        return d
-
-    def line(self) -> str:
-        p = self.protocol
-        m = self.metrics
-        return (f"{p.dataset}/{p.split} {p.ways}-way {p.shots}-shot ({p.episodes} episodes, {p.queries} queries, "
-                f"seed {p.seed}): accuracy {self.accuracy:.2f} ± {self.ci95:.2f}%  "
-                f"F1 {m['f1']['mean']:.3f}  ROC-AUC {m['roc_auc']['mean']:.3f}")
+    def to_dict(self) -> dict[str, Any]:
+        """The protocol as `EvalResult.protocol` records it: its name, then these fields."""
+        return {"name": "fewshot", **asdict(self)}
 
 
 PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -88,6 +67,6 @@ def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preproce
         scale = 100.0 if k == "accuracy" else 1.0
         mean, ci = confidence_interval(v * scale)
         summary[k] = {"mean": mean, "ci95": ci}
-    return EvalResult(protocol, summary["accuracy"]["mean"], summary["accuracy"]["ci95"], summary,
-                      time.perf_counter() - t0, confusion.tolist() if confusion is not None else [],
-                      (values["accuracy"] * 100).tolist())
+    return EvalResult(protocol.to_dict(), summary["accuracy"]["mean"], summary["accuracy"]["ci95"], summary,
+                      time.perf_counter() - t0, confusion=confusion.tolist() if confusion is not None else [],
+                      per_episode_accuracy=(values["accuracy"] * 100).tolist())

@@ -18,50 +18,16 @@ queries, drawn once with a fixed seed, so every evaluation of a run uses the sam
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data.episodic import ClassSplit, Preprocess
+from .features import check_label_splits, embed_images, frozen_features, frozen_protocol, labeled_subset
+from .result import EvalResult
 
-__all__ = ["knn_predict", "knn_evaluate", "KNNMonitor", "KNNResult", "extract_features", "check_label_splits",
-           "subsample"]
-
-
-def check_label_splits(train: ClassSplit, test: ClassSplit, protocol: str = "kNN") -> None:
-    """Both splits must have the same classes (in the same order), and at least two of them."""
-    if train.num_classes < 2:
-        raise ValueError(f"{protocol} classification needs at least 2 classes; {train.name or 'the training split'} "
-                         f"has {train.num_classes} ({', '.join(train.class_names) or 'none'})")
-    if list(train.class_names) != list(test.class_names):
-        raise ValueError(
-            f"{protocol} evaluation needs the same classes in the training split (memory bank) and the test split; "
-            f"{train.name} has {train.num_classes} classes and {test.name} has {test.num_classes}, not the same "
-            f"(few-shot splits have disjoint classes: use --protocol fewshot, or choose splits of the same classes "
-            f"with --train-split/--split)")
-
-
-def subsample(n: int, max_n: int | None, seed: int) -> torch.Tensor | None:
-    """Sorted indices of a fixed random subset of size max_n (None: keep all n)."""
-    if max_n is None or max_n >= n:
-        return None
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:max_n].sort().values
-
-
-@torch.no_grad()
-def extract_features(model: Any, images: torch.Tensor, preprocess: Preprocess, batch_size: int = 512) -> torch.Tensor:
-    """Encoder features [M, D] (float32) of uint8 images [M, C, H, W], in eval mode, `batch_size` at a time."""
-    was = model.encoder.training
-    model.train(False)
-    try:
-        out = [model.learner.embed(model.params, model.buffers, preprocess(images[s:s + batch_size])).float()
-               for s in range(0, images.shape[0], batch_size)]
-    finally:
-        model.train(was)
-    return torch.cat(out) if out else torch.zeros(0, 0)
+__all__ = ["knn_predict", "knn_evaluate", "KNNMonitor"]
 
 
 @torch.no_grad()
@@ -83,45 +49,9 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
-@dataclass
-class KNNResult:
-    accuracy: float  # percent
-    protocol: dict[str, Any]
-    seconds: float
-    per_class: list[float] = field(default_factory=list)  # accuracy (percent) per class
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "accuracy": self.accuracy, "top1": self.accuracy / 100.0,
-                "per_class_accuracy": self.per_class, "seconds": round(self.seconds, 3)}
-
-    def line(self) -> str:
-        p = self.protocol
-        return (f"{p['dataset']} kNN (k={p['k']}, T={p['temperature']}, cosine; memory bank {p['train_split']} "
-                f"{p['train_size']} images, queries {p['test_split']} {p['test_size']}): top-1 {self.accuracy:.2f}%")
-
-
-def _labels_of(split: ClassSplit, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    labels = split.labels()
-    if idx is None:
-        return split.images, labels
-    idx = idx.to(split.device)
-    return split.images[idx], labels[idx]
-
-
-def frozen_features(model: Any, train: ClassSplit, test: ClassSplit, max_train: int | None, max_test: int | None,
-                    seed: int, preprocess: Preprocess | None, batch_size: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Frozen-encoder features and labels of (subsampled) train and test images: f_train, y_train, f_test, y_test."""
-    prep = preprocess or model.preprocess or train.preprocess
-    tr_x, tr_y = _labels_of(train, subsample(train.images.shape[0], max_train, seed))
-    te_x, te_y = _labels_of(test, subsample(test.images.shape[0], max_test, seed + 1))
-    return (extract_features(model, tr_x, prep, batch_size), tr_y, extract_features(model, te_x, prep, batch_size),
-            te_y)
-
-
 def knn_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: str, k: int = 200,
                  temperature: float = 0.1, max_train: int | None = None, max_test: int | None = None, seed: int = 0,
-                 preprocess: Preprocess | None = None, batch_size: int = 512) -> KNNResult:
+                 preprocess: Preprocess | None = None, batch_size: int = 512) -> EvalResult:
     """kNN top-1 accuracy of `model`'s frozen features: memory bank `train`, queries `test` (see the module doc)."""
     check_label_splits(train, test)
     t0 = time.perf_counter()
@@ -133,14 +63,9 @@ def knn_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: str, 
                  for c in range(train.num_classes)]
     protocol = {"name": "knn", "k": k, "k_used": min(k, bank.shape[0]), "temperature": temperature,
                 "similarity": "cosine", "weights": "exp(similarity / temperature)", "dataset": dataset,
-                "train_split": train.name.split("/")[-1], "test_split": test.name.split("/")[-1],
-                "train_size": int(bank.shape[0]), "test_size": int(queries.shape[0]),
-                "train_total": int(train.images.shape[0]), "test_total": int(test.images.shape[0]),
-                "subsample_seed": seed if (bank.shape[0] < train.images.shape[0] or queries.shape[0] < test.images.shape[0])
-                else None,
-                "classes": train.num_classes,
-                "features": "encoder output before any projection head; eval mode; no augmentation"}
-    return KNNResult(100.0 * float(correct.mean()), protocol, time.perf_counter() - t0, per_class)
+                **frozen_protocol(train, test, bank.shape[0], queries.shape[0], seed)}
+    return EvalResult(protocol, 100.0 * float(correct.mean()), seconds=time.perf_counter() - t0,
+                      per_class_accuracy=per_class)
 
 
 class KNNMonitor:
@@ -153,14 +78,14 @@ class KNNMonitor:
         check_label_splits(train, test)
         self.model, self.preprocess, self.dataset = model, preprocess, dataset
         self.k, self.temperature, self.seed = k, temperature, seed
-        self.train_x, self.train_y = _labels_of(train, subsample(train.images.shape[0], max_train, seed))
-        self.test_x, self.test_y = _labels_of(test, subsample(test.images.shape[0], max_test, seed + 1))
+        self.train_x, self.train_y = labeled_subset(train, max_train, seed)
+        self.test_x, self.test_y = labeled_subset(test, max_test, seed + 1)
         self.num_classes = train.num_classes
 
     def __call__(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        bank = extract_features(self.model, self.train_x, self.preprocess)
-        queries = extract_features(self.model, self.test_x, self.preprocess)
+        bank = embed_images(self.model, self.train_x, self.preprocess)
+        queries = embed_images(self.model, self.test_x, self.preprocess)
         pred = knn_predict(bank, self.train_y, queries, self.num_classes, self.k, self.temperature)
         top1 = float((pred == self.test_y.to(pred.device)).float().mean())
         return {"knn_top1": top1, "k": self.k, "temperature": self.temperature,

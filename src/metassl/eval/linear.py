@@ -14,17 +14,18 @@ which is ~100x more expensive; numbers from the two are close but not identical.
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data.episodic import ClassSplit, Preprocess
-from .knn import check_label_splits, frozen_features
+from .features import check_label_splits, frozen_features, frozen_protocol
+from .result import EvalResult
 
-__all__ = ["fit_linear_probe", "linear_evaluate", "LinearResult"]
+__all__ = ["fit_linear_probe", "predict_linear", "linear_evaluate"]
 
 
 def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-4,
@@ -56,27 +57,11 @@ def predict_linear(features: torch.Tensor, probe: tuple[torch.Tensor, ...]) -> t
     return (((features.float() - mean) / std) @ w + b).argmax(1)
 
 
-@dataclass
-class LinearResult:
-    accuracy: float  # percent, test split
-    train_accuracy: float  # percent
-    protocol: dict[str, Any]
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "accuracy": self.accuracy, "top1": self.accuracy / 100.0,
-                "train_accuracy": self.train_accuracy, "seconds": round(self.seconds, 3)}
-
-    def line(self) -> str:
-        p = self.protocol
-        return (f"{p['dataset']} linear probe (L-BFGS logistic regression on frozen standardized features, "
-                f"weight decay {p['weight_decay']}; train {p['train_split']} {p['train_size']} images, test "
-                f"{p['test_split']} {p['test_size']}): top-1 {self.accuracy:.2f}% (train {self.train_accuracy:.2f}%)")
-
-
 def linear_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: str, weight_decay: float = 1e-4,
                     max_iter: int = 500, max_train: int | None = None, max_test: int | None = None, seed: int = 0,
-                    preprocess: Preprocess | None = None, batch_size: int = 512) -> LinearResult:
+                    preprocess: Preprocess | None = None, batch_size: int = 512) -> EvalResult:
+    """Linear-probe top-1 accuracy of `model`'s frozen features: probe trained on `train`, tested on `test` (see the
+    module doc); the training accuracy is `metrics["train_accuracy"]`."""
     check_label_splits(train, test, "linear-probe")
     t0 = time.perf_counter()
     f_tr, tr_y, f_te, te_y = frozen_features(model, train, test, max_train, max_test, seed, preprocess, batch_size)
@@ -85,11 +70,6 @@ def linear_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: st
     tr_acc = 100.0 * float((predict_linear(f_tr, probe) == tr_y.to(f_tr.device)).float().mean())
     protocol = {"name": "linear", "classifier": "multinomial logistic regression, full-batch L-BFGS",
                 "weight_decay": weight_decay, "max_iter": max_iter, "standardize": True, "dataset": dataset,
-                "train_split": train.name.split("/")[-1], "test_split": test.name.split("/")[-1],
-                "train_size": int(f_tr.shape[0]), "test_size": int(f_te.shape[0]),
-                "train_total": int(train.images.shape[0]), "test_total": int(test.images.shape[0]),
-                "subsample_seed": seed if (f_tr.shape[0] < train.images.shape[0] or f_te.shape[0] < test.images.shape[0])
-                else None,
-                "classes": train.num_classes,
-                "features": "encoder output before any projection head; eval mode; no augmentation"}
-    return LinearResult(acc, tr_acc, protocol, time.perf_counter() - t0)
+                **frozen_protocol(train, test, f_tr.shape[0], f_te.shape[0], seed)}
+    return EvalResult(protocol, acc, metrics={"train_accuracy": {"mean": tr_acc, "ci95": math.nan}},
+                      seconds=time.perf_counter() - t0)

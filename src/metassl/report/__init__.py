@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 
-from ..data.episodic import ClassSplit, eval_episodes
-from ..data.registry import load_dataset
 from ..atomic import atomic_write_path, atomic_write_text
+from ..data.episodic import ClassSplit, eval_episodes
 from ..engine.build import Model, load_model
+from ..engine.frozen import load_run_split
 from ..engine.logging import plot_learning_curves
-from ..eval.episodes import EvalResult, Protocol, evaluate
+from ..eval.episodes import Protocol, evaluate
+from ..eval.features import embed_images
+from ..eval.result import EvalResult
 
 SHOTS = (1, 5, 10, 20)
 
@@ -131,11 +133,8 @@ def plot_tsne(model: Model, split: ClassSplit, path: Path, seed: int, num_classe
         take = torch.randperm(n, generator=g)[:per_class] + o
         idx.append(take)
         lab += [j] * take.numel()
-    x = model.preprocess(split.images[torch.cat(idx).to(split.device)])
-    model.train(False)
-    with torch.no_grad():
-        z = torch.cat([model.learner.embed(model.params, model.buffers, x[i:i + 256]) for i in range(0, len(x), 256)])
-    z = torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
+    z = embed_images(model, split.images[torch.cat(idx).to(split.device)], model.preprocess, 256)
+    z = torch.nn.functional.normalize(z, dim=-1).cpu().numpy()
     xy = TSNE(n_components=2, perplexity=min(30, max(5, len(z) // 4)), init="pca", random_state=seed).fit_transform(z)
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
@@ -165,8 +164,7 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
     run_dir = run if (run / "config.yaml").exists() else Path(info["checkpoint"]).parent.parent
     folder = Path(out) if out else run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    split = load_dataset(cfg.data.dataset, cfg.data.test_split, data_root or cfg.data.root, model.image_shape[-1],
-                         torch.device(device))
+    split = load_run_split(model, data_root=data_root)
     eps = episodes or cfg.eval.episodes
     ways = min(cfg.eval.ways, split.num_classes)
     figures, table = [], []
@@ -191,13 +189,18 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
     return ReportResult(folder / "report.html", figures, table)
 
 
+def _num(v: float | None, spec: str) -> str:
+    """A number of `EvalResult.to_dict()`; None (not defined, e.g. the CI of a single episode) as a dash."""
+    return "—" if v is None else format(v, spec)
+
+
 def _html(cfg, info, table, sweep, figures, folder: Path) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(r['protocol']['dataset'])}/{e(r['protocol']['split'])}</td><td>{r['protocol']['ways']}-way "
         f"{r['protocol']['shots']}-shot</td><td>{r['protocol']['episodes']}</td><td><b>{r['accuracy']:.2f} ± "
-        f"{r['ci95']:.2f}</b></td><td>{'' if r['paper_accuracy'] is None else r['paper_accuracy']}</td>"
-        f"<td>{r['f1']:.3f}</td><td>{r['roc_auc']:.3f}</td></tr>" for r in table)
+        f"{_num(r['ci95'], '.2f')}</b></td><td>{'' if r['paper_accuracy'] is None else r['paper_accuracy']}</td>"
+        f"<td>{_num(r['f1'], '.3f')}</td><td>{_num(r['roc_auc'], '.3f')}</td></tr>" for r in table)
     sweep_rows = "".join(
         f"<tr><td>{k}</td><td>{q if r else '—'}</td><td>{f'{r.accuracy:.2f} ± {r.ci95:.2f}' if r else 'too few images per class'}</td></tr>"
         for k, q, r in sweep)

@@ -1,0 +1,82 @@
+"""Evaluate a saved run: load it and its split(s), run the few-shot protocol (`evaluate_run`) or a frozen-encoder
+protocol, kNN or linear probe (`evaluate_frozen`), and return `EvalResult`s. Nothing is printed; `metassl eval`
+(cli/main.py) prints the results and draws the progress bar from the `progress` callback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..eval.episodes import Protocol, evaluate
+from ..eval.knn import knn_evaluate
+from ..eval.linear import linear_evaluate
+from ..eval.result import EvalResult
+from .build import Model, load_model
+from .distributed import resolve_device
+from .frozen import load_run_split
+
+__all__ = ["evaluate_run", "evaluate_frozen", "FROZEN_PROTOCOLS"]
+
+FROZEN_PROTOCOLS = ("knn", "linear")
+
+# progress(protocol, episodes done so far in that protocol), after every batch of episodes
+Progress = Callable[[Protocol, int], None]
+
+
+def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None = None, ways: int | None = None,
+                 shots: int | Sequence[int] | None = None, queries: int | None = None, episodes: int | None = None,
+                 seed: int | None = None, data_root: str | None = None, which: str = "latest",
+                 device: str | None = None, batch_episodes: int | None = None, progress: Progress | None = None,
+                 overrides: list[str] | None = None) -> tuple[Model, dict, list[EvalResult]]:
+    """Few-shot accuracy of a run or checkpoint on fixed episodes, one result per shot count. Every protocol value
+    not given comes from the run's config (`data.dataset`, `data.test_split`, the `eval` section); `overrides`
+    (`learner.KEY=VALUE`) change how the learner evaluates. `progress` (None or False: none) is called as
+    progress(protocol, episodes_done) after each batch of episodes. Returns (model, checkpoint state, results)."""
+    model, state = load_model(run, resolve_device(device or "auto"), which, overrides)
+    cfg = model.config
+    data = load_run_split(model, dataset, split, data_root)
+    shot_list = [shots] if isinstance(shots, int) else list(shots or cfg.eval.shots)
+    results = []
+    for k in shot_list:
+        p = Protocol(dataset or cfg.data.dataset, split or cfg.data.test_split, ways or cfg.eval.ways, k,
+                     queries or cfg.eval.queries, episodes or cfg.eval.episodes,
+                     cfg.eval.seed if seed is None else seed)
+        results.append(evaluate(model.predict, data, p, model.preprocess, batch_episodes or cfg.eval.batch_episodes,
+                                progress=_counter(progress, p) if progress else None))
+    return model, state, results
+
+
+def _counter(progress: Progress, p: Protocol) -> Callable[[int], None]:
+    """`evaluate`'s progress(episodes in this batch) as progress(protocol, episodes done so far)."""
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(p, done)
+
+    return step
+
+
+def evaluate_frozen(run: str | Path, protocol: str, dataset: str | None = None, split: str | None = None,
+                    train_split: str | None = None, data_root: str | None = None, which: str = "latest",
+                    device: str | None = None, k: int = 200, temperature: float = 0.1, max_train: int | None = None,
+                    max_test: int | None = None, seed: int | None = None, weight_decay: float = 1e-4
+                    ) -> tuple[Model, dict, EvalResult]:
+    """kNN (`protocol="knn"`) or linear-probe (`"linear"`) accuracy of a run's frozen encoder: the labeled
+    `train_split` (default the run's data.train_split) is the memory bank / probe training set, `split` (default
+    data.test_split) the test set; `max_train` / `max_test` take fixed subsets (seed `seed`, default 0). Returns
+    (model, checkpoint state, result)."""
+    if protocol not in FROZEN_PROTOCOLS:
+        raise ValueError(f"frozen-encoder protocol must be one of {', '.join(FROZEN_PROTOCOLS)}, got {protocol!r}")
+    model, state = load_model(run, resolve_device(device or "auto"), which)
+    cfg = model.config
+    ds = dataset or cfg.data.dataset
+    train = load_run_split(model, ds, train_split or cfg.data.train_split, data_root)
+    test = load_run_split(model, ds, split or cfg.data.test_split, data_root)
+    seed = 0 if seed is None else seed
+    if protocol == "knn":
+        r = knn_evaluate(model, train, test, ds, k, temperature, max_train, max_test, seed)
+    else:
+        r = linear_evaluate(model, train, test, ds, weight_decay, max_train=max_train, max_test=max_test, seed=seed)
+    return model, state, r

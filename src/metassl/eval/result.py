@@ -1,0 +1,84 @@
+"""The one result type of every evaluation protocol: few-shot episodes, kNN and the linear probe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EvalResult"]
+
+
+@dataclass
+class EvalResult:
+    """What one protocol measured.
+
+    `protocol` names the protocol and everything needed to repeat it: `{"name": "fewshot", "dataset", "split",
+    "ways", "shots", "queries", "episodes", "seed"}`, or `{"name": "knn" | "linear", ...}` with the settings, splits
+    and subset sizes. `ci95` is nan where no confidence interval is defined (kNN, linear probe: one number over the
+    test set). `metrics` holds the other measurements, each `{"mean", "ci95"}` (few-shot: accuracy in percent and
+    precision / recall / F1 / ROC-AUC as fractions; linear probe: `train_accuracy` in percent)."""
+
+    protocol: dict[str, Any]
+    accuracy: float  # percent
+    ci95: float = math.nan  # percent, half-width
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    confusion: list[list[float]] = field(default_factory=list)  # few-shot: summed over episodes, [true][predicted]
+    per_class_accuracy: list[float] = field(default_factory=list)  # kNN: percent per class (nan: no test image)
+    per_episode_accuracy: list[float] = field(default_factory=list)  # few-shot: percent per episode
+
+    @property
+    def name(self) -> str:
+        return str(self.protocol.get("name", ""))
+
+    @property
+    def tag(self) -> str:
+        """`5w1s` for a few-shot protocol (the key of `eval.paper`), else the protocol's name."""
+        p = self.protocol
+        return f"{p['ways']}w{p['shots']}s" if self.name == "fewshot" else self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the protocol, accuracy and ci95, each other metric's mean under its own name (plus all of
+        them with their CIs under `metrics`), `top1` (a fraction) for the frozen-encoder protocols, the per-class
+        accuracies where measured, and the seconds. Values that are not defined (nan) become None (JSON null).
+        The confusion matrix and the per-episode accuracies stay on the object."""
+        d: dict[str, Any] = {"protocol": dict(self.protocol), "accuracy": self.accuracy, "ci95": self.ci95,
+                             **{k: v["mean"] for k, v in self.metrics.items() if k != "accuracy"},
+                             "metrics": self.metrics}
+        if self.name != "fewshot":
+            d["top1"] = self.accuracy / 100.0
+        if self.per_class_accuracy:
+            d["per_class_accuracy"] = self.per_class_accuracy
+        d["seconds"] = round(self.seconds, 3)
+        return _defined(d)
+
+    def line(self) -> str:
+        """One line for people: the protocol, then the accuracy (± CI where defined) and the main other metrics."""
+        p, m = self.protocol, self.metrics
+        if self.name == "fewshot":
+            return (f"{p['dataset']}/{p['split']} {p['ways']}-way {p['shots']}-shot ({p['episodes']} episodes, "
+                    f"{p['queries']} queries, seed {p['seed']}): accuracy {self.accuracy:.2f} ± {self.ci95:.2f}%  "
+                    f"F1 {m['f1']['mean']:.3f}  ROC-AUC {m['roc_auc']['mean']:.3f}")
+        if self.name == "knn":
+            return (f"{p['dataset']} kNN (k={p['k']}, T={p['temperature']}, cosine; memory bank {p['train_split']} "
+                    f"{p['train_size']} images, queries {p['test_split']} {p['test_size']}): "
+                    f"top-1 {self.accuracy:.2f}%")
+        if self.name == "linear":
+            return (f"{p['dataset']} linear probe (L-BFGS logistic regression on frozen standardized features, "
+                    f"weight decay {p['weight_decay']}; train {p['train_split']} {p['train_size']} images, test "
+                    f"{p['test_split']} {p['test_size']}): top-1 {self.accuracy:.2f}% "
+                    f"(train {m['train_accuracy']['mean']:.2f}%)")
+        ci = "" if math.isnan(self.ci95) else f" ± {self.ci95:.2f}"
+        return f"{self.name or 'evaluation'} {p}: accuracy {self.accuracy:.2f}{ci}%"
+
+
+def _defined(v: Any) -> Any:
+    """`v` with every nan float replaced by None, through dicts and lists."""
+    if isinstance(v, float):
+        return None if math.isnan(v) else v
+    if isinstance(v, dict):
+        return {k: _defined(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_defined(x) for x in v]
+    return v
