@@ -10,7 +10,7 @@ SRC = Path(metassl.__file__).parent
 # lowest first; a module may import its own layer's modules and any lower layer's
 LAYERS = [
     ("errors",),
-    ("config", "registry", "atomic"),
+    ("config", "registry", "atomic", "parallel"),
     ("data",),
     ("models",),
     ("learners",),

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .registry import BACKBONES, LEARNERS, SECTIONS, TASK_SOURCES
+from .registry import AUGMENTATIONS, BACKBONES, LEARNERS, SECTIONS, TASK_SOURCES
 
 __all__ = ["ConfigError", "option", "RunConfig", "TaskConfig", "LearnerConfig", "load_config", "resolve"]
 
@@ -460,4 +460,5 @@ def get_learner_config_lines() -> list[str]:
             desc = getattr(spec, "description", "")
             lines.append(f"# {kind}: {name}" + (f"  ({desc})" if desc else ""))
             lines += describe(spec.config, prefix)[skip:]
+    lines.append(f"# augment.preset: auto (the data set's) or one of {', '.join(AUGMENTATIONS)}")
     return lines
