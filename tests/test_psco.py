@@ -154,7 +154,7 @@ def test_supcon_evaluation_uses_running_statistics_in_the_heads():
 
 
 def test_psco_trains_and_evaluates_end_to_end(tmp_path):
-    from metassl.cli.main import evaluate_run
+    from metassl.engine.evaluate import evaluate_run
     from metassl.engine.trainer import train
 
     cfg = resolve(apply_overrides({}, [

@@ -123,6 +123,10 @@ class TrainConfig:
     knn_every: int = option(0, range=(0, None), help="online kNN monitor every this many steps (0: off)")
     report: bool = option(True, help="write RUN/report/report.html with figures when training ends")
     report_episodes: int = option(100, range=(1, None), help="episodes per evaluation in the end-of-training report")
+    sync_batchnorm: bool = option(True, help="several processes: BatchNorm over the global batch, as one process "
+                                  "would compute it (per-task BatchNorm of the MAML family stays per task)")
+    dist_timeout: float = option(600.0, range=(1.0, None), help="several processes: seconds a collective waits "
+                                 "before a missing process is an error")
 
 
 @dataclass

@@ -29,21 +29,32 @@ def cmd_train(a: argparse.Namespace) -> int:
     from ..config import load_config
     from ..engine.trainer import default_run_dir, load_run_config, train
 
-    if a.resume:
+    dist = DistInfo.from_env()
+    say = print if dist.is_main else (lambda *x, **k: None)
+    # torchrun --max-restarts: a restarted launch continues the run from its last checkpoint
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    resume = a.resume
+    if resume:
         run_dir = Path(a.run_dir or a.config)
         cfg = load_run_config(run_dir, a.overrides)
     else:
         if not a.config:
             raise ConfigError("give a CONFIG (a YAML file or a preset; see `metassl presets`)")
         cfg = load_config(a.config, a.overrides)
+        if a.run_dir is None and dist.active:
+            raise ConfigError("several processes (torchrun) need the same run folder: give --run-dir")
         run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(cfg)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"run folder {run_dir} exists and is not empty: continue it with "
-                              f"`metassl train --resume {run_dir}` or choose another with --run-dir")
-    print(f"run folder: {run_dir}")
-    res = train(cfg, run_dir, resume=a.resume, data_root=a.data_root)
-    print(f"trained {res.steps} steps in {res.seconds:.1f} s; final loss {res.final_loss}")
-    if cfg.train.report and DistInfo.from_env().is_main:
+            if restarted and (run_dir / "checkpoints" / "latest").is_file():
+                say(f"restart {os.environ['TORCHELASTIC_RESTART_COUNT']} of a torchrun launch: resuming {run_dir}")
+                resume = True
+            elif not restarted:
+                raise ConfigError(f"run folder {run_dir} exists and is not empty: continue it with "
+                                  f"`metassl train --resume {run_dir}` or choose another with --run-dir")
+    say(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.active else ""))
+    res = train(cfg, run_dir, resume=resume, data_root=a.data_root)
+    say(f"trained {res.steps} steps in {res.seconds:.1f} s; final loss {res.final_loss}")
+    if cfg.train.report and dist.is_main:
         _write_report(run_dir, a.data_root, cfg.train.report_episodes, cfg.train.device)
     if a.eval:
         a2 = argparse.Namespace(run=str(run_dir), dataset=None, split=None, ways=None, shots=None, queries=None,
@@ -111,9 +122,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
             atomic_write_text(a.out, json.dumps(d, indent=1) + "\n")
         return 0
+    main_process = DistInfo.from_env().is_main
     model, state, results = evaluate_run(a.run, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed,
                                          a.data_root, a.which, a.device, a.batch_episodes,
-                                         progress=_progress(not a.json), overrides=getattr(a, "overrides", None))
+                                         progress=_progress(not a.json and main_process),
+                                         overrides=getattr(a, "overrides", None))
+    if not main_process:  # under torchrun every process has the same results; one prints them
+        return 0
     paper = model.config.eval.paper
     rows = []
     for r in results:
@@ -353,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _run(args)
+    finally:
+        if "torch.distributed" in sys.modules:  # a process group (torchrun) is closed before the process ends
+            from ..engine.distributed import teardown
+
+            teardown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         return args.fn(args)
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact (continue with `metassl train --resume RUN_DIR`)",
@@ -364,16 +389,6 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"metassl {args.command}: error: {msg}", file=sys.stderr)
         return 2
-
-
-def __getattr__(name: str):
-    """`metassl.cli.main.evaluate_run` / `evaluate_frozen` (tests/test_psco.py imports the former from here): the
-    functions of engine/evaluate.py, imported on first use so that the command starts without loading torch."""
-    if name in ("evaluate_run", "evaluate_frozen"):
-        from ..engine import evaluate
-
-        return getattr(evaluate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,13 @@ class TaskBatch:
         return TaskBatch(self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
                          self.query_y.to(device), self.ways, move(self.classes), move(self.views))
 
+    def select(self, start: int, stop: int) -> "TaskBatch":
+        """Tasks start..stop-1 (e.g. this process's share of a global batch)."""
+        sl = slice(start, stop)
+        return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.ways,
+                         None if self.classes is None else self.classes[sl],
+                         None if self.views is None else self.views[sl])
+
     def chunks(self, size: int) -> list["TaskBatch"]:
         """Split along the task dimension into batches of at most `size` tasks."""
         out = []

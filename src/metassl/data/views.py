@@ -41,6 +41,10 @@ class ViewBatch:
         """The images of the batch: the unit along which it is split into chunks."""
         return self.views.shape[1]
 
+    def select(self, start: int, stop: int) -> "ViewBatch":
+        """Images start..stop-1 with all their views (e.g. this process's share of a global batch)."""
+        return ViewBatch(self.views[:, start:stop], None if self.indices is None else self.indices[start:stop])
+
     def chunks(self, size: int) -> list["ViewBatch"]:
         """Split along the images into batches of at most `size` (a contrastive loss of a chunk only sees the
         chunk's negatives: chunking a view batch changes the loss, unlike a batch of tasks)."""

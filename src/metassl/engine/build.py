@@ -13,6 +13,7 @@ from ..config import ConfigError, RunConfig, apply_overrides, resolve_stored
 from ..data.episodic import Preprocess
 from ..learners.base import EngineOptions, Learner, get_learner
 from ..models import build_backbone, feature_dim
+from ..models.layers import use_global_batch_statistics
 from ..ssl.auxiliary import SelfSupervisedAuxiliary
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
@@ -64,12 +65,19 @@ class Model:
 
 
 def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: Preprocess,
-                device: torch.device | str = "cpu") -> Model:
+                device: torch.device | str = "cpu", global_batchnorm: bool = False) -> Model:
+    """The learner, its encoder and their tensors for `cfg`. `global_batchnorm` (training on several processes):
+    BatchNorm layers that normalize over the whole batch (ProtoNet's, the SSL encoders' and heads') use the
+    statistics of the global batch over all processes (`models.layers.GlobalBatchNorm`); the MAML family's per-task
+    BatchNorm stays per task."""
     encoder = build_backbone(cfg.model, image_shape[0]).to(device)
     options = EngineOptions.from_config(cfg, encoder).for_inputs(tuple(image_shape))
     if options.channels_last:
         encoder.to(memory_format=torch.channels_last)
-    learner = get_learner(cfg.learner.name).build(cfg.learner, encoder).with_options(options)
+    learner = get_learner(cfg.learner.name).build(cfg.learner, encoder).with_options(
+        options, global_batchnorm=global_batchnorm)
+    if global_batchnorm:
+        use_global_batch_statistics(encoder)  # after the learner: the MAML family has replaced its own by then
     if cfg.aux.rotation > 0 or cfg.aux.contrastive > 0:
         learner = SelfSupervisedAuxiliary(learner, cfg.aux.rotation, cfg.aux.contrastive, cfg.aux.temperature)
     dim = feature_dim(encoder, image_shape)

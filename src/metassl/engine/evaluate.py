@@ -12,7 +12,7 @@ from ..eval.knn import knn_evaluate
 from ..eval.linear import linear_evaluate
 from ..eval.result import EvalResult
 from .build import Model, load_model
-from .distributed import resolve_device
+from .distributed import DistInfo, gather_objects, resolve_device, setup
 from .frozen import load_run_split
 
 __all__ = ["evaluate_run", "evaluate_frozen", "FROZEN_PROTOCOLS"]
@@ -32,7 +32,10 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     not given comes from the run's config (`data.dataset`, `data.test_split`, the `eval` section); `overrides`
     (`learner.KEY=VALUE`) change how the learner evaluates. `progress` (None or False: none) is called as
     progress(protocol, episodes_done) after each batch of episodes. Returns (model, checkpoint state, results)."""
-    model, state = load_model(run, resolve_device(device or "auto"), which, overrides)
+    dist = DistInfo.from_env()
+    dev = resolve_device(device or "auto", dist)
+    setup(dist, dev)  # under torchrun: each process evaluates its share of the episodes, all summarize all
+    model, state = load_model(run, dev, which, overrides)
     cfg = model.config
     data = load_run_split(model, dataset, split, data_root)
     shot_list = [shots] if isinstance(shots, int) else list(shots or cfg.eval.shots)
@@ -42,7 +45,9 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
                      queries or cfg.eval.queries, episodes or cfg.eval.episodes,
                      cfg.eval.seed if seed is None else seed)
         results.append(evaluate(model.predict, data, p, model.preprocess, batch_episodes or cfg.eval.batch_episodes,
-                                progress=_counter(progress, p) if progress else None))
+                                progress=_counter(progress, p) if progress else None,
+                                part=dist.share(p.episodes) if dist.active else None,
+                                gather=(lambda x: gather_objects(dist, x)) if dist.active else None))
     return model, state, results
 
 

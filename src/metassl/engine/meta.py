@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import parallel
 from ..learners.base import Learner, LossOutput
 from .build import Model
 
@@ -65,9 +66,13 @@ class StepRunner:
                 self.learner = self.learners[opts.path]
 
     # -- one batch ----------------------------------------------------------------------------------------------
-    def __call__(self, batch: Any) -> LossOutput:
+    def __call__(self, batch: Any, total: int | None = None, world_size: int = 1) -> LossOutput:
         """Forward and backward (gradients accumulate into the params' .grad); returns the detached loss, metrics
-        (scaled means over the chunks) and state."""
+        and state, each weighted by this batch's share of the global objective: `batch` may be one process's share
+        of a global batch of `total` tasks (default: all of it) on `world_size` processes. Summing the gradients
+        (and the weighted metrics) over the processes then gives exactly the one-process values."""
+        self.total = batch.num_tasks if total is None else total
+        self.world_size = world_size
         if not self.plan:
             return self._run(batch)
         path = self.plan.pop(0)
@@ -84,6 +89,9 @@ class StepRunner:
     def _choose(self) -> None:
         # the first step of each path is a warm-up (allocator, kernel selection, compilation)
         mean = {p: sum(t[1:]) / max(len(t) - 1, 1) for p, t in self.timings.items()}
+        if parallel.active():  # every process takes the same path: the choice by the timings summed over them
+            summed = parallel.all_reduce_sum(torch.tensor([mean[p] for p in PATHS], dtype=torch.float64))
+            mean = {p: float(v) / parallel.world_size() for p, v in zip(PATHS, summed)}
         best = min(mean, key=mean.get)
         self.learner = self.learners[best]
         other = [p for p in mean if p != best][0]
@@ -117,18 +125,23 @@ class StepRunner:
         return self._chunks(batch, self._loss)
 
     def _chunks(self, batch: Any, loss_fn: Callable) -> LossOutput:
-        total = batch.num_tasks
+        total = getattr(self, "total", batch.num_tasks)
         chunk = self.options.tasks_per_chunk
         if chunk is None and self.path == "loop":
             chunk = 1  # the loop path back-propagates each task at once: one task's graph alive, cache-warm
-        parts = batch.chunks(chunk) if chunk and chunk < total else [batch]
+        global_loss = getattr(self.learner, "global_loss", False)
+        if global_loss:  # the loss is already the whole batch's (gathered over the processes): one call
+            parts, chunk = [batch], None
+        else:
+            parts = batch.chunks(chunk) if chunk and chunk < batch.num_tasks else [batch]
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         loss_sum: torch.Tensor | None = None
         metrics: dict[str, torch.Tensor] = {}
         states: list[dict[str, torch.Tensor]] = []
         m = self.model
         for part in parts:
-            share = part.num_tasks / total
+            # a loss of the gathered global batch is the same on every process: each takes 1/world of it
+            share = 1.0 / getattr(self, "world_size", 1) if global_loss else part.num_tasks / total
             with amp:
                 out = loss_fn(self.learner, m.params, m.buffers, part)
             if out.loss.requires_grad:

@@ -28,11 +28,12 @@ from ..data.registry import load_dataset
 from ..data.task_sources import AuxiliaryViews, make_task_source
 from ..eval.episodes import Protocol, evaluate
 from ..eval.knn import KNNMonitor
-from ..learners import get_learner
+from ..learners import LossOutput, get_learner
 from ..atomic import atomic_write_text
 from .build import Model, build_model, init_encoder_from
 from .frozen import embed_with_run
 from .checkpoint import find_checkpoint, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
+from . import distributed
 from .distributed import DistInfo, resolve_device
 from .logging import RunLogger, plot_learning_curves
 from .meta import StepRunner
@@ -88,15 +89,16 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, data_root: str | None = None,
                  dist: DistInfo | None = None, echo=print):
         self.dist = dist or DistInfo.from_env()
-        if self.dist.world_size > 1:
-            raise NotImplementedError("multi-process (torchrun) training is not implemented yet; run one process")
-        self.cfg, self.run_dir, self.echo = cfg, Path(run_dir), echo
+        self.cfg, self.run_dir, self.echo = cfg, Path(run_dir), echo if self.dist.is_main else (lambda *a, **k: None)
+        echo = self.echo
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
         self.device = resolve_device(cfg.train.device, self.dist)
-        seed_everything(cfg.seed + self.dist.rank)
+        distributed.setup(self.dist, self.device, cfg.train.dist_timeout)
+        # the same seed on every process: the same initialization, and the same global batches drawn by each
+        seed_everything(cfg.seed)
         root = data_root or cfg.data.root
         self.data_root = root
         d = cfg.data
@@ -116,9 +118,12 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"tasks/eval settings do not fit the data: {e}") from e
         self.preprocess = self.train_split.preprocess
-        self.model: Model = build_model(cfg, self.train_split.image_shape, self.preprocess, self.device)
+        self.model: Model = build_model(cfg, self.train_split.image_shape, self.preprocess, self.device,
+                                        global_batchnorm=self.dist.active and cfg.train.sync_batchnorm)
+        self._check_shares()
+        distributed.broadcast_tensors(self.dist, self.model.state_tensors())
         self.optimizer = make_optimizer(self.model.params.values(), cfg.optim)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000003 + self.dist.rank)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000003)
         spec = get_learner(cfg.learner.name)
         self.source = make_task_source(cfg.tasks, self.train_split, self.generator, spec.default_source,
                                        config=cfg, device=self.device, embed=lambda run, split: embed_with_run(
@@ -148,9 +153,24 @@ class Trainer:
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        distributed.barrier(self.dist)
         self.logger = RunLogger(self.run_dir, self.dist, cfg.train.tensorboard, self.step if resume else None)
         if self.init_report:
             self.logger.log(0, {k: v for k, v in self.init_report.items() if k != "not_transferred"}, kind="info")
+
+    def _check_shares(self) -> None:
+        """Several processes split each global batch; every process needs a share (and the same shape of work)."""
+        if not self.dist.active:
+            return
+        c, world = self.cfg, self.dist.world_size
+        if hasattr(c.tasks, "batch_size"):  # batches of images (views): split by image
+            n, what, key = c.tasks.batch_size, "images", "tasks.batch_size"
+        else:
+            n, what, key = c.tasks.tasks_per_batch, "tasks", "tasks.tasks_per_batch"
+        if n < world:
+            raise ConfigError(f"{key}={n}: each of the {world} processes needs at least one of the batch's {what}; "
+                              f"set {key} >= {world} (the global batch is split over the processes) or launch "
+                              f"fewer processes")
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -169,7 +189,7 @@ class Trainer:
 
     def save(self, name: str | None = None) -> Path | None:
         if not self.dist.is_main:
-            return None
+            return None  # every process holds the same tensors (summed gradients, same updates): rank 0 writes
         if self.device.type != "cpu":
             finite = torch.stack([torch.isfinite(p).all() for p in self.model.params.values()]).all()
             if not bool(finite):
@@ -195,13 +215,21 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         set_lr(self.optimizer, cfg.optim.lr, lr_factor(self.step, cfg.optim, cfg.train.steps))
-        batch = self.source.sample().map_images(self.preprocess)
+        batch = self.source.sample()  # the global batch: the same on every process
+        total = batch.num_tasks
+        if self.dist.active:
+            batch = batch.select(*self.dist.share(total))
+        batch = batch.map_images(self.preprocess)
         self.model.train(True)
         if self.runner is None:
             self.runner = StepRunner(self.model, self.device, lambda msg, values: (
                 self.echo(msg), self.logger.log(self.step, values, kind="info")))
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.runner(batch)  # forward and backward
+        out = self.runner(batch, total, self.dist.world_size)  # forward and backward of this process's share
+        if self.dist.active:  # sum the shares: the gradient, loss and metrics of the global batch
+            distributed.all_reduce_gradients(self.dist, list(self.model.params.values()))
+            reduced = distributed.all_reduce_sum(self.dist, {"loss": out.loss, **out.metrics})
+            out = LossOutput(reduced.pop("loss"), reduced, out.state)
         # On the CPU the check is free; on an accelerator it would stall the queue every step, so there the losses
         # are checked when they are logged and the parameters before every checkpoint (`_check_finite`).
         if self.device.type == "cpu" and not torch.isfinite(out.loss):
@@ -248,7 +276,9 @@ class Trainer:
         p = Protocol(cfg.data.dataset, cfg.data.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries,
                      cfg.train.val_episodes, cfg.eval.seed)
         self.model.train(False)
-        r = evaluate(self.model.predict, self.val_split, p, self.preprocess, cfg.eval.batch_episodes)
+        r = evaluate(self.model.predict, self.val_split, p, self.preprocess, cfg.eval.batch_episodes,
+                     part=self.dist.share(p.episodes) if self.dist.active else None,
+                     gather=(lambda x: distributed.gather_objects(self.dist, x)) if self.dist.active else None)
         self.model.train(True)
         return {"accuracy": r.accuracy, "ci95": r.ci95, "protocol": p.tag, "f1": r.metrics["f1"]["mean"]}
 
@@ -311,6 +341,7 @@ class Trainer:
             self.save()  # e.g. train.steps=0: a checkpoint of the initialization
         if self.dist.is_main:
             plot_learning_curves(self.run_dir)
+        distributed.barrier(self.dist)  # the other processes read the run only once rank 0 has written it
         return TrainResult(self.run_dir, self.step, time.perf_counter() - t0, last, self.best_val, history)
 
 

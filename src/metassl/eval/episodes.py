@@ -38,18 +38,23 @@ PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tens
 
 
 def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preprocess: Preprocess | None = None,
-             batch_episodes: int = 50, progress: Callable[[int], None] | None = None) -> EvalResult:
+             batch_episodes: int = 50, progress: Callable[[int], None] | None = None,
+             part: tuple[int, int] | None = None, gather: Callable[[Any], list[Any]] | None = None) -> EvalResult:
     """Run `protocol`'s episodes through `predict(support_x, support_y, query_x, ways) -> logits [T, Nq, N]`, under
     torch.no_grad (learners that adapt by gradient steps enable gradients themselves).
 
     Episode i is the same for every method (see `eval_episodes`), so results of different methods are paired.
+    Several processes: each evaluates its `part` [start, stop) of the episodes and `gather` (every process's
+    per-episode results, in process order) makes every process summarize all of them, so the result equals one
+    process's.
     """
     prep = preprocess or split.preprocess
     t0 = time.perf_counter()
     per: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
-    confusion = None
-    for start in range(0, protocol.episodes, batch_episodes):
-        count = min(batch_episodes, protocol.episodes - start)
+    confusion = torch.zeros(protocol.ways, protocol.ways)
+    first, last = part or (0, protocol.episodes)
+    for start in range(first, last, batch_episodes):
+        count = min(batch_episodes, last - start)
         tasks = eval_episodes(split, protocol.ways, protocol.shots, protocol.queries, protocol.seed, start, count)
         tasks = tasks.map_images(prep)
         with torch.no_grad():
@@ -57,16 +62,19 @@ def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preproce
         m = episode_metrics(logits, tasks.query_y, protocol.ways)
         for k in METRICS:
             per[k].append(m[k].cpu())
-        c = m["confusion"].sum(0).cpu()
-        confusion = c if confusion is None else confusion + c
+        confusion = confusion + m["confusion"].sum(0).cpu()
         if progress:
             progress(count)
-    values = {k: torch.cat(v) for k, v in per.items()}
+    values = {k: torch.cat(v) if v else torch.zeros(0) for k, v in per.items()}
+    if gather is not None:
+        parts = gather((values, confusion))
+        values = {k: torch.cat([v[k] for v, _ in parts]) for k in METRICS}
+        confusion = sum(c for _, c in parts)
     summary = {}
     for k, v in values.items():
         scale = 100.0 if k == "accuracy" else 1.0
         mean, ci = confidence_interval(v * scale)
         summary[k] = {"mean": mean, "ci95": ci}
     return EvalResult(protocol.to_dict(), summary["accuracy"]["mean"], summary["accuracy"]["ci95"], summary,
-                      time.perf_counter() - t0, confusion=confusion.tolist() if confusion is not None else [],
+                      time.perf_counter() - t0, confusion=confusion.tolist(),
                       per_episode_accuracy=(values["accuracy"] * 100).tolist())

@@ -56,6 +56,7 @@ class EngineOptions:
     path: str = "auto"  # "vmap" | "loop" | "auto" (the engine times both for learners that map over tasks)
     channels_last: bool = False  # images are fed in NHWC layout (conv backbones)
     input_ndim: int = 3  # dims of one input: 3 for images [C, H, W], 1 for vectors [D]
+    global_batchnorm: bool = False  # several processes: BatchNorm over the global batch (heads built by the learner)
 
     @classmethod
     def from_config(cls, cfg: Any, encoder: nn.Module | None = None) -> "EngineOptions":
@@ -85,6 +86,10 @@ class Learner:
 
     #: the learner maps per-task functions over the tasks (`inner.map_tasks`), so the vmap/loop path applies
     maps_tasks: bool = False
+    #: on several processes, `loss` gathers the batch's embeddings over the processes (`metassl.parallel.gather`)
+    #: and returns the loss of the global batch, the same on every process (contrastive losses need every
+    #: negative); otherwise each process's loss is the mean over its own share of the tasks
+    global_loss: bool = False
 
     def __init__(self, config: Any, encoder: nn.Module, options: EngineOptions | None = None):
         self.config = config

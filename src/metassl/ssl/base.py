@@ -33,6 +33,8 @@ from torch.func import functional_call
 from ..config import ConfigError, LearnerConfig, option
 from ..learners.base import ENCODER, Learner, LossOutput, sub
 from ..learners.protonet import prototypes, squared_euclidean
+from .. import parallel
+from ..models.layers import use_global_batch_statistics
 from .heads import MLPHead, mlp_dims
 from .losses import embedding_std
 
@@ -65,7 +67,17 @@ def momentum_cosine(base: float, step: int, total_steps: int) -> float:
     return 1.0 - (1.0 - base) * (math.cos(math.pi * k / max(total_steps, 1)) + 1.0) / 2.0
 
 
+def gather_batch(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """`x` with its batch dimension `dim` gathered over the processes (rank order; identity on one process), with
+    gradients to every process's share (see `metassl.parallel.gather`)."""
+    if not parallel.active():
+        return x
+    return parallel.gather(x.movedim(dim, 0)).movedim(0, dim)
+
+
 class SSLLearner(Learner):
+    #: the loss is computed on the embeddings of the global batch (gathered over the processes)
+    global_loss = True
     #: views per image the loss needs (None: any number >= 1)
     views_required: int | None = 2
     #: smallest batch the loss is defined for, and why
@@ -91,6 +103,9 @@ class SSLLearner(Learner):
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
         self.feature_dim = feature_dim
         self.heads = self.build_heads(feature_dim)
+        if self.options.global_batchnorm:
+            for head in self.heads.values():
+                use_global_batch_statistics(head)
         return {f"learner.{name}.{k}": v.detach().clone() for name, head in self.heads.items()
                 for k, v in head.named_parameters()}
 
@@ -107,7 +122,8 @@ class SSLLearner(Learner):
     def project_views(self, params: Tensors, buffers: Tensors, batch: Any, *heads: str
                       ) -> tuple[torch.Tensor, ...]:
         """Check the view batch, embed every view in one encoder call and apply `heads` in turn (default: the
-        projector): returns the output of each head, reshaped to [V, B, ...]."""
+        projector): returns the output of each head, reshaped to [V, B, ...] (B: the global batch, gathered over
+        the processes)."""
         views = batch.views
         self.check_batch(views)
         v, b = views.shape[:2]
@@ -116,7 +132,7 @@ class SSLLearner(Learner):
         outs = []
         for name in heads or ("projector",):
             x = self.head(name, tensors, x)
-            outs.append(x.reshape(v, b, -1))
+            outs.append(gather_batch(x.reshape(v, b, -1), 1))
         return tuple(outs)
 
     def head(self, name: str, tensors: Tensors, x: torch.Tensor, prefix: str = "learner.") -> torch.Tensor:
@@ -191,12 +207,13 @@ class SSLLearner(Learner):
         return dict(zip(names, torch._foreach_lerp(targets, online, 1.0 - momentum))) if targets else {}
 
     def target_forward(self, buffers: Tensors, views: torch.Tensor) -> torch.Tensor:
-        """The momentum target's projections of images [..., C, H, W] (no gradient)."""
+        """The momentum target's projections of images [..., B, C, H, W] (no gradient), the batch dimension
+        gathered over the processes."""
         with torch.no_grad():
             h = self.encode(buffers, TARGET + ENCODER, views)
             lead = h.shape[:-1]
             z = self.head(self.target_heads[0], buffers, h.reshape(-1, h.shape[-1]), prefix=TARGET)
-        return z.reshape(*lead, z.shape[-1])
+            return gather_batch(z.reshape(*lead, z.shape[-1]), len(lead) - 1)
 
     # -- few-shot evaluation on frozen features -----------------------------------------------------------------
     def adapt(self, params, buffers, support_x, support_y, ways):

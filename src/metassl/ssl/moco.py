@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..config import option
 from ..learners.base import LearnerSpec, register_learner
-from .base import SSLConfig, SSLLearner, fp32, momentum_cosine
+from .base import SSLConfig, SSLLearner, fp32, gather_batch, momentum_cosine
 from .heads import MLPHead, mlp_dims
 from .losses import info_nce_loss
 
@@ -85,8 +85,10 @@ class MoCo(SSLLearner):
         k_views = views.flip(0) if c.symmetric else views[1:]  # the key of query view i is the other view
         h = self.embed(params, buffers, q_views)
         nq, b = h.shape[:2]
-        q = self.head("projector", tensors, h.reshape(nq * b, -1))
-        k = self.target_forward(buffers, k_views).reshape(nq * b, -1)
+        q = gather_batch(self.head("projector", tensors, h.reshape(nq * b, -1)).reshape(nq, b, -1), 1)
+        k = self.target_forward(buffers, k_views)  # [nq, B, D], gathered
+        b = q.shape[1]
+        q, k = q.reshape(nq * b, -1), k.reshape(nq * b, -1)
         with fp32(q):
             losses = [info_nce_loss(qi, ki, buffers[QUEUE], c.temperature) for qi, ki in
                       zip(q.float().chunk(nq), k.float().chunk(nq))]

@@ -38,7 +38,7 @@ from ..data.task_sources import register_task_source
 from ..data.views import ViewBatch, ViewSource, ViewsTaskConfig
 from ..learners.base import LearnerSpec, register_learner
 from ..learners.protonet import prototypes
-from .base import SSLConfig, fp32
+from .base import SSLConfig, fp32, gather_batch
 from .heads import MLPHead, mlp_dims
 from .losses import info_nce_loss, pseudo_supcon_loss, sinkhorn
 from .moco import QUEUE, MoCo
@@ -108,7 +108,8 @@ class PsCo(MoCo):
         tensors = {**params, **buffers}
         h = self.embed(params, buffers, views[0])  # [B, D]: strong view through the online network
         z_online = self.head("projector", tensors, h)
-        p = self.head("predictor", tensors, z_online)
+        p = gather_batch(self.head("predictor", tensors, z_online), 0)  # the global batch's (several processes)
+        z_online = gather_batch(z_online, 0)
         keys = F.normalize(self.target_forward(buffers, views[1]).float(), dim=1)  # [B, P]: weak view, momentum net
         queue = buffers[QUEUE]
         with fp32(p):

@@ -25,6 +25,7 @@ class RotNetConfig(SSLConfig):
 
 
 class RotNet(SSLLearner):
+    global_loss = False  # a mean over images: each process's share of it, no negatives needed
     views_required = None
     min_batch = 1
 
