@@ -89,3 +89,22 @@ def test_format_1_checkpoints_and_run_folders_still_load(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(Exception, match="batch_sise"):
         load_run_config(run)
+
+
+def test_a_reptile_run_from_before_the_carried_inner_state_still_loads(tmp_path):
+    from metassl.config import apply_overrides, resolve
+    from metassl.engine.build import load_model
+    from metassl.engine.trainer import train
+
+    cfg = resolve(apply_overrides({}, ["learner.name=reptile", "learner.inner_state=reset", "data.dataset=digits",
+                                       "data.train_split=train", "data.val_split=null", "model.backbone=mlp",
+                                       "model.hidden=[8]", "model.image_size=8", "model.track_running_stats=false",
+                                       "tasks.ways=3", "tasks.shots=1", "tasks.queries=2", "train.steps=1",
+                                       "train.progress=false", "train.tensorboard=false"]))
+    train(cfg, tmp_path / "run")
+    folder = find_checkpoint(tmp_path / "run")
+    state = json.loads((folder / "state.json").read_text())
+    del state["config"]["learner"]["inner_state"]  # as an earlier version wrote it
+    (folder / "state.json").write_text(json.dumps(state))
+    model, _ = load_model(tmp_path / "run")
+    assert model.config.learner.inner_state == "reset"

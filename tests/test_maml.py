@@ -154,7 +154,7 @@ def test_vmap_loop_and_chunked_paths_give_the_same_meta_gradient(learner, model)
             assert torch.allclose(g[k], ref_g[k], atol=1e-5), (key, k, (g[k] - ref_g[k]).abs().max())
 
 
-@pytest.mark.parametrize("inner_optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("inner_optimizer", ["sgd"])  # the Adam inner loop: tests/test_reptile.py (TF's Adam, carried)
 def test_reptile_update_is_interpolation_towards_mean_adapted_weights(inner_optimizer):
     lr_inner, steps, eps = (0.1 if inner_optimizer == "sgd" else 0.01), 3, 0.7
     # no BatchNorm here: it makes the gradient of the bias before it exactly zero in theory, i.e. rounding noise of

@@ -436,14 +436,18 @@ LEGACY_TASK_KEYS = ("batch_size", "views", "embed_from", "clusters", "partitions
 
 
 def resolve_stored(data: dict[str, Any]) -> RunConfig:
-    """Validate a config stored by a run (config.yaml, a checkpoint's state.json), also one written before the task
-    sources owned their keys: those of the old fixed `tasks` section that its source does not have are dropped."""
+    """Validate a config stored by a run (config.yaml, a checkpoint's state.json), also one written by an earlier
+    version: keys of the old fixed `tasks` section that its source does not have are dropped, and a Reptile run
+    stored without `inner_state` (trained with a fresh inner Adam state per task) keeps `inner_state: reset`."""
     data = dict(data)
     tasks = dict(data.get("tasks") or {})
     learner = str((data.get("learner") or {}).get("name", "protonet"))
     source = TASK_SOURCES.lookup(task_source_name(str(tasks.get("source", "auto")), learner))
     own = {f.name for f in dataclasses.fields(source.config)}
     data["tasks"] = {k: v for k, v in tasks.items() if k in own or k not in LEGACY_TASK_KEYS}
+    stored = dict(data.get("learner") or {})
+    if learner == "reptile" and "inner_state" not in stored:  # trained before the carried Adam state: per task
+        data["learner"] = {**stored, "inner_state": "reset"}
     return resolve(data)
 
 

@@ -8,7 +8,9 @@ logged on accelerators; parameters before each checkpoint on accelerators.
 
 from __future__ import annotations
 
+import os
 import platform
+import signal
 import random
 import sys
 import time
@@ -70,6 +72,16 @@ def class_fraction(split, fraction: float, seed: int):
     g = torch.Generator().manual_seed(seed + 104729)
     keep = torch.randperm(split.num_classes, generator=g)[:n].sort().values
     return split.subset(keep.to(split.device), name=split.name)
+
+
+def _injected_fault(dist: DistInfo, step: int) -> None:
+    """For the tests of torchrun restarts only: METASSL_FAULT="RANK:STEP" kills that process (SIGKILL, as a crashed
+    machine) before that step in the first attempt of a launch."""
+    spec = os.environ.get("METASSL_FAULT")
+    if spec and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        rank, at = (int(v) for v in spec.split(":"))
+        if dist.rank == rank and step == at:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def seed_everything(seed: int) -> None:
@@ -167,6 +179,11 @@ class Trainer:
             n, what, key = c.tasks.batch_size, "images", "tasks.batch_size"
         else:
             n, what, key = c.tasks.tasks_per_batch, "tasks", "tasks.tasks_per_batch"
+        if getattr(self.model.learner, "carry", False):
+            raise ConfigError(f"learner.inner_state=carry runs the tasks of a meta-batch one after the other through "
+                              f"one inner Adam state (as the Reptile reference code), which {world} processes cannot "
+                              f"share; train on one process, or set learner.inner_state=reset (a fresh Adam state "
+                              f"per task) or learner.inner_optimizer=sgd")
         if n < world:
             raise ConfigError(f"{key}={n}: each of the {world} processes needs at least one of the batch's {what}; "
                               f"set {key} >= {world} (the global batch is split over the processes) or launch "
@@ -295,6 +312,7 @@ class Trainer:
         window: list[dict[str, float]] = []
         try:
             while self.step < total:
+                _injected_fault(self.dist, self.step)
                 m = self.train_step()
                 window.append(m)
                 if bar is not None:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..config import ConfigError, LearnerConfig, option
-from .base import BATCH_NORMS, ENCODER, Learner, LossOutput, sub
+from .base import BATCH_NORMS, ENCODER, Learner, LossOutput, sub, task_loss
 
 Tensors = dict[str, torch.Tensor]
 Forward = Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]  # (params, buffers, x) -> logits
@@ -134,7 +134,9 @@ def check_no_running_stats(encoder: nn.Module, learner: str) -> None:
 def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: torch.Tensor,
                support_y: torch.Tensor, steps: int, lr: float | Tensors, first_order: bool,
                names: Iterable[str] | None = None, optimizer: str = "sgd",
-               betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> Tensors:
+               betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8,
+               adam_state: dict[str, Any] | None = None, return_state: bool = False
+               ) -> Tensors | tuple[Tensors, dict[str, Any]]:
     """Adapt `params` to one task's support set with `steps` gradient steps on its cross-entropy; return all params
     (the adapted ones replaced by their fast weights).
 
@@ -143,6 +145,20 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
     first_order: inner gradients are detached, so the meta-gradient is the query gradient at the fast weights.
     names: which params adapt (default: all); the others are used as they are.
     optimizer: "sgd", or "adam" (first order only; Reptile's reference code uses Adam with beta1 = 0).
+
+    Adam is TensorFlow's `tf.train.AdamOptimizer` (the optimizer of Reptile's reference code), not the textbook
+    form: with t counting every step taken so far,
+        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,
+        x <- x - lr_t m / (sqrt(v) + eps),   lr_t = lr sqrt(1 - b2^t) / (1 - b1^t)
+    (the textbook / torch.optim form x - lr (m / c1) / (sqrt(v / c2) + eps), c = 1 - b^t, differs only in where eps
+    sits: TF's update is the textbook one with eps / sqrt(1 - b2^t) in place of eps, which matters only for
+    gradients below ~1e-6). The bias corrections are computed from t in the parameters' dtype as -expm1(t log b)
+    (no float32 cancellation in 1 - b^t).
+    adam_state: the optimizer state to start from, {"m": {name: tensor}, "v": {name: tensor}, "t": 0-d tensor}
+        with one m and v per adapted name and t the number of Adam steps already taken (the bias corrections use
+        the global count t + 1, t + 2, ...); None: zeros and t = 0 (a fresh Adam per call).
+    return_state: also return the Adam state after the last step, `(params, state)` (state tensors are detached);
+        with SGD the state is an empty dict.
     """
     if steps < 1:
         raise ValueError(f"inner-loop steps must be >= 1, got {steps}")
@@ -154,26 +170,51 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
         return F.cross_entropy(forward({**fixed, **f}, buffers, support_x), support_y)
 
     g_fn = _gradient_function(support_loss, create_graph=not first_order)
+    state: dict[str, Any] = {}
     if optimizer == "adam":
         if not first_order:
             raise ValueError("the Adam inner loop is first order only")
-        v = {k: torch.zeros_like(x) for k, x in fast.items()}
-        m = {k: torch.zeros_like(x) for k, x in fast.items()}
-    for t in range(1, steps + 1):
+        b1, b2 = betas
+        if adam_state is None:
+            m = {k: torch.zeros_like(x) for k, x in fast.items()}
+            v = {k: torch.zeros_like(x) for k, x in fast.items()}
+            t0: Any = 0
+        else:
+            m = {k: adam_state["m"][k] for k in fast}
+            v = {k: adam_state["v"][k] for k in fast}
+            t0 = adam_state["t"]
+        import math  # (local: only this function of the module is touched by the Adam state)
+
+        ref = next(iter(fast.values()))
+        log_b1, log_b2 = (math.log(b1) if b1 > 0 else None), math.log(b2)
+    elif optimizer != "sgd":
+        raise ValueError(f"unknown inner-loop optimizer {optimizer!r}; use sgd or adam")
+    for step in range(1, steps + 1):
         g = g_fn(fast)
         if first_order:
             g = {k: x.detach() for k, x in g.items()}
         if optimizer == "adam":
-            b1, b2 = betas
             m = {k: b1 * m[k] + (1 - b1) * g[k] for k in fast}
             v = {k: b2 * v[k] + (1 - b2) * g[k] * g[k] for k in fast}
-            c1, c2 = 1 - b1 ** t, 1 - b2 ** t
-            fast = {k: fast[k] - lr * (m[k] / c1) / ((v[k] / c2).sqrt() + eps) for k in fast}
+            t = torch.as_tensor(t0 + step, device=ref.device).to(ref.dtype)
+            c2 = -torch.expm1(t * log_b2)  # 1 - b2^t
+            c1 = 1.0 if log_b1 is None else -torch.expm1(t * log_b1)  # b1 = 0: 0^t = 0 for t >= 1
+            lr_t = c2.sqrt() / c1
+            fast = {k: fast[k] - (lr[k] if isinstance(lr, dict) else lr) * lr_t * m[k] / (v[k].sqrt() + eps)
+                    for k in fast}
         elif isinstance(lr, dict):
             fast = {k: fast[k] - lr[k] * g[k] for k in fast}
         else:
             fast = {k: fast[k] - lr * g[k] for k in fast}
-    return {**fixed, **fast}
+    out = {**fixed, **fast}
+    if not return_state:
+        return out
+    if optimizer == "adam":
+        t_end = t0 + steps
+        t_end = t_end if torch.is_tensor(t_end) else torch.tensor(t_end, dtype=torch.int64, device=ref.device)
+        state = {"m": {k: x.detach() for k, x in m.items()}, "v": {k: x.detach() for k, x in v.items()},
+                 "t": t_end.detach()}
+    return out, state
 
 
 def _gradient_function(loss_fn: Callable[[Tensors], torch.Tensor], create_graph: bool
@@ -193,6 +234,13 @@ def _gradient_function(loss_fn: Callable[[Tensors], torch.Tensor], create_graph:
         return {k: torch.zeros_like(v) if gk is None else gk for (k, v), gk in zip(leaves.items(), gs)}
 
     return g
+
+
+def score(outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """Accuracy for class labels; for real-valued targets the (detached) loss itself."""
+    if targets.is_floating_point():
+        return loss.detach()
+    return (outputs.argmax(-1) == targets).float().mean()
 
 
 def _take(tree: Any, i: int) -> Any:
@@ -312,16 +360,16 @@ class GradientLearner(Learner):
 
     def task_objective(self, params: Tensors, buffers: Tensors, support_x, support_y, query_x, query_y
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(objective to differentiate, query loss, query accuracy) of one task."""
+        """(objective to differentiate, query loss, query accuracy (regression: the loss again)) of one task."""
         fast = self.adapt_one(params, buffers, support_x, support_y, True)
         logits = self.forward(fast, buffers, query_x)
-        loss = F.cross_entropy(logits, query_y)
-        return loss, loss.detach(), (logits.argmax(-1) == query_y).float().mean()
+        loss = task_loss(logits, query_y)
+        return loss, loss.detach(), score(logits, query_y, loss)
 
     # -- the Learner contract -----------------------------------------------------------------------------------
-    def check_ways(self, params: Tensors, ways: int) -> None:
+    def check_ways(self, params: Tensors, ways: int | None) -> None:
         have = params[HEAD_W].shape[0]
-        if ways != have:
+        if ways is not None and ways != have:
             raise ValueError(
                 f"learner {self.config.name}: its classifier head was meta-trained for {have}-way tasks "
                 f"(tasks.ways={have}) and cannot classify {ways}-way episodes; evaluate with --ways {have} "
@@ -332,7 +380,8 @@ class GradientLearner(Learner):
         obj, loss, acc = map_tasks(self.task_objective, (params, buffers),
                                    (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y),
                                    self.resolve_path(tasks.support_x))
-        return LossOutput(obj.mean(), {"loss": loss.mean(), "accuracy": acc.mean()})
+        metric = "mse" if tasks.query_y.is_floating_point() else "accuracy"
+        return LossOutput(obj.mean(), {"loss": loss.mean(), metric: acc.mean()})
 
     def adapt(self, params, buffers, support_x, support_y, ways):
         """Fast weights of every task, stacked [T, ...] (evaluation: no meta-gradient, params are detached)."""

@@ -14,9 +14,36 @@ optimizer treats (theta - mean phi) as a gradient: Adam on it is a common varian
 the interpolation above. The surrogate is linear in the per-task terms, so chunked meta-batches give the same update.
 
 The inner loop is first order by nature (phi is treated as a constant). Its optimizer is Adam with beta1 = 0 as in
-the paper's code (`inner_optimizer: adam`, lr 0.001) or plain SGD. The query set is not used by the update: the
-logged loss and accuracy are those of phi_i on the task's queries (a free progress signal). Evaluation adapts on
-each episode's support set with `eval_inner_steps` steps (the paper: 50) and classifies its queries.
+the paper's code (`inner_optimizer: adam`, lr 0.001; TensorFlow's form of Adam, see `inner.inner_loop`) or plain
+SGD. The query set is not used by the update: the logged loss and accuracy are those of phi_i on the task's queries
+(a free progress signal). Evaluation adapts on each episode's support set with `eval_inner_steps` steps (the paper:
+50) and classifies its queries.
+
+The inner Adam state (`inner_state`). The reference code (openai/supervised-reptile, `reptile.py` and `models.py`)
+builds one `tf.train.AdamOptimizer(beta1=0)` and never resets it in training: `Reptile.train_step` saves and
+restores only the trainable variables around each task, so Adam's moments m, v and its step count t (the beta-power
+accumulators of the bias corrections) run on from task to task of a meta-batch, in order, and from meta-step to
+meta-step; `Reptile.evaluate` saves and restores all variables around each evaluation episode, so an episode starts
+from the current training state of Adam and leaves nothing behind.
+
+- `inner_state: carry` (the default, the reference): one Adam state in the learner's buffers
+  (`learner.inner_adam.m.<param>`, `learner.inner_adam.v.<param>`, `learner.inner_adam.t`: zeros at the start,
+  saved in checkpoints). `loss` runs the tasks of the meta-batch **sequentially, as the reference does**, task i
+  starting from the state task i - 1 left (a Python loop over the tasks whatever `learner.path` says: the tasks
+  depend on each other through the state, so they cannot be vectorized); the end state comes back in
+  `LossOutput.state` and `update` stores it. `learner.tasks_per_chunk` is refused with carry: the engine calls
+  `loss` once per chunk with the same (pre-step) buffers, so every chunk would restart from the step's state;
+  chunks would not save memory either (the inner loop is first order and holds one task at a time; what stays
+  alive until the backward is the surrogate's product of the parameters with constants). For the same reason this
+  learner does not declare `maps_tasks` with carry, so the engine neither splits the batch one task per call (its
+  loop path) nor times vmap against the loop for training; evaluation (`adapt`) still maps the episodes with
+  vmap or the loop, each from the buffers' state, without changing it.
+- `inner_state: reset`: a fresh Adam (zeros, t = 0) for every task (what this module did before): each element's
+  first inner step of every task is then exactly lr * sign(g) (up to eps).
+With `inner_optimizer: sgd` there is no state and the two are the same. Runs saved before `inner_state` existed were
+trained with reset and have no `learner.inner_adam.*` buffers: load or evaluate them with that override, e.g.
+`metassl eval RUN learner.inner_state=reset --ways 5`. Their inner Adam was the textbook form (eps outside the
+bias-corrected sqrt(v)); both modes now use TensorFlow's, which differs only for gradient elements below ~1e-6.
 """
 
 from __future__ import annotations
@@ -26,9 +53,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import option
-from .base import LearnerSpec, register_learner
-from .inner import FixedStepConfig, GradientLearner, inner_loop
+from ..config import ConfigError, option
+from .base import LearnerSpec, LossOutput, register_learner
+from .inner import FixedStepConfig, GradientLearner, inner_loop, map_tasks
+
+ADAM = "learner.inner_adam."  # buffers: ADAM + "m." + name, ADAM + "v." + name, ADAM + "t"
 
 
 @dataclass
@@ -43,24 +72,115 @@ class ReptileConfig(FixedStepConfig):
     first_order: bool = option(True, choices=(True,), help="Reptile is first order by nature")
     inner_optimizer: str = option("adam", choices=("adam", "sgd"),
                                   help="inner-loop optimizer: Adam with beta1=0 (the paper's code) or SGD")
+    inner_state: str = option("carry", choices=("carry", "reset"),
+                              help="inner Adam state: carry = one state across the tasks (run sequentially) and "
+                                   "meta-steps, kept in buffers (the reference code); reset = a fresh Adam per task")
 
 
 class Reptile(GradientLearner):
     def __init__(self, config, encoder, options=None):
         super().__init__(config, encoder, options)
         self.inner_optimizer = config.inner_optimizer
+        self.carry = config.inner_optimizer == "adam" and config.inner_state == "carry"
+        if self.carry:
+            # the tasks of a meta-batch depend on each other through the Adam state: `loss` loops over them itself,
+            # so the engine must hand it the whole batch in one call (no per-task chunks of its loop path, no
+            # vmap/loop timing); see the module docstring
+            self.maps_tasks = False
+            self._check_options()
 
-    def task_objective(self, params, buffers, support_x, support_y, query_x, query_y):
+    def with_options(self, options=None, **changes):
+        new = super().with_options(options, **changes)
+        if new.carry:
+            new._check_options()
+        return new
+
+    def _check_options(self) -> None:
+        if self.options.tasks_per_chunk is not None:
+            raise ConfigError(
+                f"learner.tasks_per_chunk={self.options.tasks_per_chunk} does not apply to reptile with "
+                f"inner_state=carry: its tasks run one after the other through one Adam state (one task's graph "
+                f"alive at a time), and chunks would each restart from the step's state; unset it, or use "
+                f"learner.inner_state=reset")
+
+    # -- the carried Adam state ---------------------------------------------------------------------------------
+    def init_buffers(self, params, buffers):
+        out = super().init_buffers(params, buffers)
+        if self.carry:
+            for k in self.adapted_names(params):
+                p = params[k]
+                out[f"{ADAM}m.{k}"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+                out[f"{ADAM}v.{k}"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+            out[f"{ADAM}t"] = torch.zeros((), dtype=torch.int64)
+        return out
+
+    def adam_state(self, params, buffers) -> dict | None:
+        """The carried state from the buffers, in `inner_loop`'s form (None with reset or SGD: a fresh one)."""
+        if not self.carry:
+            return None
+        names = self.adapted_names(params)
+        return {"m": {k: buffers[f"{ADAM}m.{k}"] for k in names}, "v": {k: buffers[f"{ADAM}v.{k}"] for k in names},
+                "t": buffers[f"{ADAM}t"]}
+
+    def update(self, params, buffers, state, step, total_steps):
+        """The Adam state the meta-batch ended with (`loss` returns it with a leading dimension of 1; were the batch
+        ever split, the last part's state is taken)."""
+        return {k: v[-1] for k, v in state.items() if k.startswith(ADAM)}
+
+    # -- one task -----------------------------------------------------------------------------------------------
+    def adapt_one(self, params, buffers, support_x, support_y, train, adam_state=None):
+        """Fast weights and the Adam state after them; `adam_state` None: the buffers' (carry) or a fresh one."""
+        if adam_state is None:
+            adam_state = self.adam_state(params, buffers)
+        return inner_loop(self.forward, params, buffers, support_x, support_y, self.steps(train),
+                          self.step_sizes(params, train), True, self.adapted_names(params), self.inner_optimizer,
+                          adam_state=adam_state, return_state=True)
+
+    def task_objective(self, params, buffers, support_x, support_y, query_x, query_y, adam_state=None):
+        """(surrogate, query loss, query accuracy) of one task; with `adam_state` also the end state."""
         names = self.adapted_names(params)
         start = {k: v.detach() for k, v in params.items()}
-        fast = inner_loop(self.forward, start, buffers, support_x, support_y, self.steps(True),
-                          self.step_sizes(params, True), True, names, self.inner_optimizer)
+        fast, end = self.adapt_one(start, buffers, support_x, support_y, True, adam_state)
         surrogate = sum((params[k] * (start[k] - fast[k].detach())).sum() for k in names)
         with torch.no_grad():
             logits = self.forward(fast, buffers, query_x)
             loss = F.cross_entropy(logits, query_y)
             acc = (logits.argmax(-1) == query_y).float().mean()
-        return surrogate, loss, acc
+        if adam_state is None:
+            return surrogate, loss, acc
+        return surrogate, loss, acc, end
+
+    # -- the Learner contract -----------------------------------------------------------------------------------
+    def loss(self, params, buffers, tasks):
+        if not self.carry:
+            return super().loss(params, buffers, tasks)
+        self.check_ways(params, tasks.ways)
+        state = self.adam_state(params, buffers)
+        objs, losses, accs = [], [], []
+        for i in range(tasks.num_tasks):  # sequential, as the reference: task i starts from task i - 1's state
+            obj, loss, acc, state = self.task_objective(params, buffers, tasks.support_x[i], tasks.support_y[i],
+                                                        tasks.query_x[i], tasks.query_y[i], state)
+            objs.append(obj)
+            losses.append(loss)
+            accs.append(acc)
+        end = {f"{ADAM}t": state["t"].detach().reshape(1)}
+        for part in ("m", "v"):
+            end.update({f"{ADAM}{part}.{k}": x.detach().unsqueeze(0) for k, x in state[part].items()})
+        return LossOutput(torch.stack(objs).mean(), {"loss": torch.stack(losses).mean(),
+                                                     "accuracy": torch.stack(accs).mean()}, end)
+
+    def adapt(self, params, buffers, support_x, support_y, ways):
+        """Fast weights of every episode, each adapted from the buffers' Adam state (carry), which is left as it is
+        (the reference restores Adam's state after every evaluation episode)."""
+        self.check_ways(params, ways)
+        params = {k: v.detach() for k, v in params.items()}
+        names = self.adapted_names(params)
+
+        def one(p, b, sx, sy):
+            fast, _ = self.adapt_one(p, b, sx, sy, False)
+            return {k: fast[k].detach() for k in names}
+
+        return map_tasks(one, (params, buffers), (support_x, support_y), self.resolve_path(support_x))
 
 
 register_learner(LearnerSpec("reptile", ReptileConfig, Reptile,
