@@ -167,7 +167,7 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
     fast = {k: params[k] for k in names}
 
     def support_loss(f: Tensors) -> torch.Tensor:
-        return F.cross_entropy(forward({**fixed, **f}, buffers, support_x), support_y)
+        return task_loss(forward({**fixed, **f}, buffers, support_x), support_y)  # CE, or MSE for real targets
 
     g_fn = _gradient_function(support_loss, create_graph=not first_order)
     state: dict[str, Any] = {}
