@@ -132,10 +132,11 @@ def test_a_killed_process_makes_torchrun_restart_from_the_last_checkpoint(tmp_pa
     over = [o for o in EPISODIC if not o.startswith(("train.steps", "train.checkpoint_every"))] + \
         ["train.checkpoint_every=2", "train.steps=5"]
     run = tmp_path / "run"
-    r = torchrun("--max-restarts=1", "-m", "metassl", "train", "omniglot/protonet_5w1s", *over, "--run-dir",
+    # more than one restart allowed: a relaunch can itself fail to connect on a loaded machine (then it is retried)
+    r = torchrun("--max-restarts=3", "-m", "metassl", "train", "omniglot/protonet_5w1s", *over, "--run-dir",
                  str(run), env={"METASSL_FAULT": "1:3"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming" in r.stdout and "restart 1 of a torchrun launch" in r.stdout
+    assert "resuming" in r.stdout and "of a torchrun launch: resuming" in r.stdout
     straight = tmp_path / "straight"
     train(load_config("omniglot/protonet_5w1s", over), straight, echo=lambda *a: None)
     a, b = tensors_of(run), tensors_of(straight)
