@@ -53,6 +53,7 @@ class StepRunner:
             self.info(f"learner.amp=bf16 is ignored on {self.device.type}: bf16 autocast is used on CUDA only; "
                       f"training in float32", {"event": "amp", "amp": "none", "requested": "bf16"})
         self.compiled: Callable | None = torch.compile(self._loss) if opts.compile else None
+        self.total, self.world_size = 0, 1  # set per batch by __call__
         self.plan: list[str] = []
         self.timings: dict[str, list[float]] = {}
         self.learners: dict[str, Learner] = {}
@@ -125,11 +126,11 @@ class StepRunner:
         return self._chunks(batch, self._loss)
 
     def _chunks(self, batch: Any, loss_fn: Callable) -> LossOutput:
-        total = getattr(self, "total", batch.num_tasks)
+        total = self.total
         chunk = self.options.tasks_per_chunk
         if chunk is None and self.path == "loop":
             chunk = 1  # the loop path back-propagates each task at once: one task's graph alive, cache-warm
-        global_loss = getattr(self.learner, "global_loss", False)
+        global_loss = self.learner.global_loss
         if global_loss:  # the loss is already the whole batch's (gathered over the processes): one call
             parts, chunk = [batch], None
         else:
@@ -141,7 +142,7 @@ class StepRunner:
         m = self.model
         for part in parts:
             # a loss of the gathered global batch is the same on every process: each takes 1/world of it
-            share = 1.0 / getattr(self, "world_size", 1) if global_loss else part.num_tasks / total
+            share = 1.0 / self.world_size if global_loss else part.num_tasks / total
             with amp:
                 out = loss_fn(self.learner, m.params, m.buffers, part)
             if out.loss.requires_grad:

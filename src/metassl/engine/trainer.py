@@ -179,7 +179,7 @@ class Trainer:
             n, what, key = c.tasks.batch_size, "images", "tasks.batch_size"
         else:
             n, what, key = c.tasks.tasks_per_batch, "tasks", "tasks.tasks_per_batch"
-        if getattr(self.model.learner, "carry", False):
+        if self.model.learner.sequential_tasks:
             raise ConfigError(f"learner.inner_state=carry runs the tasks of a meta-batch one after the other through "
                               f"one inner Adam state (as the Reptile reference code), which {world} processes cannot "
                               f"share; train on one process, or set learner.inner_state=reset (a fresh Adam state "
@@ -268,8 +268,7 @@ class Trainer:
 
     def _diagnose(self, avg: dict[str, float]) -> None:
         """Warnings the learner derives from the logged metrics (e.g. collapsed embeddings), each shown once."""
-        diagnose = getattr(self.model.learner, "diagnose", None)
-        msg = diagnose(avg, self.step) if diagnose is not None else None
+        msg = self.model.learner.diagnose(avg, self.step)
         if msg and msg.split(":")[0] not in self.warned:
             self.warned.add(msg.split(":")[0])
             warnings.warn(msg, RuntimeWarning, stacklevel=2)

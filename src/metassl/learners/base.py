@@ -90,6 +90,9 @@ class Learner:
     #: and returns the loss of the global batch, the same on every process (contrastive losses need every
     #: negative); otherwise each process's loss is the mean over its own share of the tasks
     global_loss: bool = False
+    #: the tasks of a batch depend on each other in order (Reptile's carried inner Adam state), so a batch cannot
+    #: be split over processes
+    sequential_tasks: bool = False
 
     def __init__(self, config: Any, encoder: nn.Module, options: EngineOptions | None = None):
         self.config = config
@@ -125,6 +128,10 @@ class Learner:
         """New values of `learner.*` buffers after optimizer step `step` (from 0), from the updated params and the
         `state` that `loss` returned; the engine stores them. A pure function (run under no_grad)."""
         return {}
+
+    def diagnose(self, metrics: dict[str, float], step: int) -> str | None:
+        """A warning the logged metrics call for (e.g. collapsed embeddings), or None; the engine shows each once."""
+        return None
 
     # -- the functional core ----------------------------------------------------------------------------------
     def embed(self, params: Tensors, buffers: Tensors, images: torch.Tensor, per_task: bool = False

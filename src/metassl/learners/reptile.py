@@ -82,6 +82,7 @@ class Reptile(GradientLearner):
         super().__init__(config, encoder, options)
         self.inner_optimizer = config.inner_optimizer
         self.carry = config.inner_optimizer == "adam" and config.inner_state == "carry"
+        self.sequential_tasks = self.carry
         if self.carry:
             # the tasks of a meta-batch depend on each other through the Adam state: `loss` loops over them itself,
             # so the engine must hand it the whole batch in one call (no per-task chunks of its loop path, no
