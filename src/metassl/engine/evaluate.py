@@ -11,6 +11,7 @@ from ..eval.episodes import Protocol, evaluate
 from ..eval.knn import knn_evaluate
 from ..eval.linear import linear_evaluate
 from ..eval.result import EvalResult
+from .allocator import tune_allocator
 from .build import Model, load_model
 from .distributed import DistInfo, gather_objects, resolve_device, setup
 from .frozen import load_run_split
@@ -32,6 +33,7 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     not given comes from the run's config (`data.dataset`, `data.test_split`, the `eval` section); `overrides`
     (`learner.KEY=VALUE`) change how the learner evaluates. `progress` (None or False: none) is called as
     progress(protocol, episodes_done) after each batch of episodes. Returns (model, checkpoint state, results)."""
+    tune_allocator()
     dist = DistInfo.from_env()
     dev = resolve_device(device or "auto", dist)
     setup(dist, dev)  # under torchrun: each process evaluates its share of the episodes, all summarize all

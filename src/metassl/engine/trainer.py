@@ -36,6 +36,7 @@ from .build import Model, build_model, init_encoder_from
 from .frozen import embed_with_run
 from .checkpoint import find_checkpoint, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
 from . import distributed
+from .allocator import tune_allocator
 from .distributed import DistInfo, resolve_device
 from .logging import RunLogger, plot_learning_curves
 from .meta import StepRunner
@@ -103,6 +104,7 @@ class Trainer:
         self.dist = dist or DistInfo.from_env()
         self.cfg, self.run_dir, self.echo = cfg, Path(run_dir), echo if self.dist.is_main else (lambda *a, **k: None)
         echo = self.echo
+        tune_allocator()  # reuse freed activation memory instead of fresh mmap pages per step (engine/allocator.py)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
