@@ -114,6 +114,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         model, state, r = evaluate_frozen(a.run, protocol, a.dataset, a.split, a.train_split, a.data_root, a.which,
                                           a.device, a.k, a.temperature, a.max_train, a.max_test, a.seed,
                                           a.weight_decay)
+        if not DistInfo.from_env().is_main:  # under torchrun every process computes the same result
+            return 0
         d = {**r.to_dict(), "checkpoint": state["checkpoint"], "learner": model.config.learner.name,
              "step": state["step"]}
         print(json.dumps(d, indent=1) if a.json else r.line())
