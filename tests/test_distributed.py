@@ -37,8 +37,9 @@ RUNS = {
 
 def torchrun(*args, env=None, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    # gloo on the loopback interface: the tests' processes all run on this machine
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **(env or {})})
 
 
 def config(path, overrides, tmp):
@@ -129,11 +130,12 @@ def test_resume_across_world_sizes_equals_one_uninterrupted_run(tmp_path):
 
 
 def test_a_killed_process_makes_torchrun_restart_from_the_last_checkpoint(tmp_path):
+    # a relaunch whose connection fails (seen on a loaded machine) gives up after 20 s and is relaunched again
     over = [o for o in EPISODIC if not o.startswith(("train.steps", "train.checkpoint_every"))] + \
-        ["train.checkpoint_every=2", "train.steps=5"]
+        ["train.checkpoint_every=2", "train.steps=5", "train.dist_timeout=20"]
     run = tmp_path / "run"
     # more than one restart allowed: a relaunch can itself fail to connect on a loaded machine (then it is retried)
-    r = torchrun("--max-restarts=3", "-m", "metassl", "train", "omniglot/protonet_5w1s", *over, "--run-dir",
+    r = torchrun("--max-restarts=5", "-m", "metassl", "train", "omniglot/protonet_5w1s", *over, "--run-dir",
                  str(run), env={"METASSL_FAULT": "1:3"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout and "of a torchrun launch: resuming" in r.stdout
