@@ -16,6 +16,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than two fighting over a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_split(num_classes=12, per_class=8, shape=(1, 8, 8), ragged=False, name="toy/train", seed=0):
     """A split whose image pixels encode (class, image index) so tests can tell images apart."""
     g = torch.Generator().manual_seed(seed)

@@ -133,10 +133,14 @@ def test_a_killed_process_makes_torchrun_restart_from_the_last_checkpoint(tmp_pa
     # a relaunch whose connection fails (seen on a loaded machine) gives up after 20 s and is relaunched again
     over = [o for o in EPISODIC if not o.startswith(("train.steps", "train.checkpoint_every"))] + \
         ["train.checkpoint_every=2", "train.steps=5", "train.dist_timeout=20"]
-    run = tmp_path / "run"
-    # more than one restart allowed: a relaunch can itself fail to connect on a loaded machine (then it is retried)
-    r = torchrun("--max-restarts=5", "-m", "metassl", "train", "omniglot/protonet_5w1s", *over, "--run-dir",
-                 str(run), env={"METASSL_FAULT": "1:3"})
+    # more than one restart allowed: a relaunch can itself fail to connect on a loaded machine (then it is retried);
+    # seen rarely in a full suite run, so a launch whose every relaunch failed is repeated once, in a new folder
+    for attempt in range(2):
+        run = tmp_path / f"run{attempt}"
+        r = torchrun("--max-restarts=5", "-m", "metassl", "train", "omniglot/protonet_5w1s", *over, "--run-dir",
+                     str(run), env={"METASSL_FAULT": "1:3"})
+        if r.returncode == 0:
+            break
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout and "of a torchrun launch: resuming" in r.stdout
     straight = tmp_path / "straight"

@@ -19,13 +19,7 @@ from metassl.learners.inner import BatchStatNorm, inner_loop
 from metassl.models import build_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these models are tiny: one thread is faster than two fighting over a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MLP = {"backbone": "mlp", "hidden": [12, 6], "image_size": 4, "norm": "batch", "track_running_stats": False}

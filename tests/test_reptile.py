@@ -25,12 +25,7 @@ MLP = {"backbone": "mlp", "hidden": [12, 6], "image_size": 4, "norm": "none", "t
 LR, STEPS, WAYS = 0.01, 3, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(learner=None, tasks=2, batches=1, seed=0):
@@ -116,7 +111,7 @@ def test_carried_state_is_one_tf_adam_run_over_the_tasks_in_order_and_over_meta_
         # the learner's own fast weights, task by task, from the buffers' state
         state = m.learner.adam_state(m.params, m.buffers)
         for i in range(b.num_tasks):
-            fast, state = m.learner.adapt_one(theta, m.buffers, b.support_x[i], b.support_y[i], True, state)
+            fast, state = m.learner.adapt_with_state(theta, m.buffers, b.support_x[i], b.support_y[i], True, state)
             assert close(fast, phis[i]), (s, i)
         # the engine's backward: theta - mean phi; the end state in LossOutput.state, stored by update
         grad, out = surrogate_grad(m, b)

@@ -177,13 +177,7 @@ class TaskBatch:
 
     def chunks(self, size: int) -> list["TaskBatch"]:
         """Split along the task dimension into batches of at most `size` tasks."""
-        out = []
-        for s in range(0, self.num_tasks, size):
-            sl = slice(s, s + size)
-            out.append(TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl],
-                                 self.ways, None if self.classes is None else self.classes[sl],
-                                 None if self.views is None else self.views[sl]))
-        return out
+        return [self.select(s, s + size) for s in range(0, self.num_tasks, size)]
 
 
 def check_task_shape(split: ClassSplit, ways: int, shots: int, queries: int) -> None:

@@ -48,8 +48,7 @@ class ViewBatch:
     def chunks(self, size: int) -> list["ViewBatch"]:
         """Split along the images into batches of at most `size` (a contrastive loss of a chunk only sees the
         chunk's negatives: chunking a view batch changes the loss, unlike a batch of tasks)."""
-        return [ViewBatch(self.views[:, s:s + size], None if self.indices is None else self.indices[s:s + size])
-                for s in range(0, self.num_tasks, size)]
+        return [self.select(s, s + size) for s in range(0, self.num_tasks, size)]
 
     def map_images(self, fn) -> "ViewBatch":
         """Apply `fn` to the views (e.g. the data set's normalization), as `TaskBatch.map_images`."""

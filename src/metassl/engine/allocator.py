@@ -12,22 +12,21 @@ until it exits. Only glibc (Linux) has `mallopt`; elsewhere, or with METASSL_SYS
 from __future__ import annotations
 
 import ctypes
+import functools
 import ctypes.util
 import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-_done = {"tuned": False}
 
 
+@functools.cache
 def tune_allocator() -> bool:
-    """Keep freed heap memory for reuse (see the module docstring); True if the settings were applied."""
-    if _done["tuned"] or os.environ.get("METASSL_SYSTEM_MALLOC") or not sys.platform.startswith("linux"):
-        return _done["tuned"]
+    """Keep freed heap memory for reuse (see the module docstring), once per process; True if applied."""
+    if os.environ.get("METASSL_SYSTEM_MALLOC") or not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 40) == 1
+        return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 40) == 1
     except (OSError, AttributeError):  # not glibc
-        ok = False
-    _done["tuned"] = ok
-    return ok
+        return False

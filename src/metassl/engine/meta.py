@@ -132,7 +132,7 @@ class StepRunner:
             chunk = 1  # the loop path back-propagates each task at once: one task's graph alive, cache-warm
         global_loss = self.learner.global_loss
         if global_loss:  # the loss is already the whole batch's (gathered over the processes): one call
-            parts, chunk = [batch], None
+            parts = [batch]
         else:
             parts = batch.chunks(chunk) if chunk and chunk < batch.num_tasks else [batch]
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()

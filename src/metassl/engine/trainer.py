@@ -75,14 +75,14 @@ def class_fraction(split, fraction: float, seed: int):
     return split.subset(keep.to(split.device), name=split.name)
 
 
-def _injected_fault(dist: DistInfo, step: int) -> None:
+def injected_fault(dist: DistInfo) -> int | None:
     """For the tests of torchrun restarts only: METASSL_FAULT="RANK:STEP" kills that process (SIGKILL, as a crashed
-    machine) before that step in the first attempt of a launch."""
+    machine) before that step in the first attempt of a launch; the step this process dies at, or None."""
     spec = os.environ.get("METASSL_FAULT")
-    if spec and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
-        rank, at = (int(v) for v in spec.split(":"))
-        if dist.rank == rank and step == at:
-            os.kill(os.getpid(), signal.SIGKILL)
+    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return None
+    rank, at = (int(v) for v in spec.split(":"))
+    return at if dist.rank == rank else None
 
 
 def seed_everything(seed: int) -> None:
@@ -312,8 +312,10 @@ class Trainer:
                        mininterval=0.5 if sys.stderr.isatty() else 15.0, file=sys.stderr)
         window: list[dict[str, float]] = []
         try:
+            fault = injected_fault(self.dist)
             while self.step < total:
-                _injected_fault(self.dist, self.step)
+                if self.step == fault:
+                    os.kill(os.getpid(), signal.SIGKILL)
                 m = self.train_step()
                 window.append(m)
                 if bar is not None:

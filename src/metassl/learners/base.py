@@ -139,14 +139,21 @@ class Learner:
         """Encoder features of images shaped [..., C, H, W] -> [..., D] (leading dims flattened and restored).
         `per_task`: images [T, M, C, H, W] of T independent episodes; with batch-statistics BatchNorm each episode
         is normalized on its own."""
+        tensors = {**sub(params, ENCODER), **sub(buffers, ENCODER)}
         nd = self.options.input_ndim
         if per_task and self.batch_statistics and images.dim() == nd + 2 and images.shape[0] > 1:
-            return torch.stack([self.embed(params, buffers, x) for x in images.unbind(0)])
-        lead = images.shape[:-nd]
-        x = images.reshape(-1, *images.shape[-nd:])
+            return torch.stack([self.encode_with(tensors, x) for x in images.unbind(0)])
+        return self.encode_with(tensors, images)
+
+    def encode_with(self, tensors: Tensors, inputs: torch.Tensor) -> torch.Tensor:
+        """The encoder with these tensors (names without `encoder.`): inputs [..., *input_shape] -> [..., D], the
+        leading dims flattened into one batch and restored; channels-last images when the options say so."""
+        nd = self.options.input_ndim
+        lead = inputs.shape[:-nd]
+        x = inputs.reshape(-1, *inputs.shape[-nd:])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        z = functional_call(self.encoder, {**sub(params, ENCODER), **sub(buffers, ENCODER)}, (x,))
+        z = functional_call(self.encoder, tensors, (x,))
         return z.reshape(*lead, z.shape[-1])
 
     def adapt(self, params: Tensors, buffers: Tensors, support_x: torch.Tensor, support_y: torch.Tensor,

@@ -23,6 +23,7 @@ buffer is updated in place (which vmap could not do).
 from __future__ import annotations
 
 import contextvars
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -183,8 +184,6 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
             m = {k: adam_state["m"][k] for k in fast}
             v = {k: adam_state["v"][k] for k in fast}
             t0 = adam_state["t"]
-        import math  # (local: only this function of the module is touched by the Adam state)
-
         ref = next(iter(fast.values()))
         log_b1, log_b2 = (math.log(b1) if b1 > 0 else None), math.log(b2)
     elif optimizer != "sgd":
@@ -196,10 +195,12 @@ def inner_loop(forward: Forward, params: Tensors, buffers: Tensors, support_x: t
         if optimizer == "adam":
             m = {k: b1 * m[k] + (1 - b1) * g[k] for k in fast}
             v = {k: b2 * v[k] + (1 - b2) * g[k] * g[k] for k in fast}
-            t = torch.as_tensor(t0 + step, device=ref.device).to(ref.dtype)
-            c2 = -torch.expm1(t * log_b2)  # 1 - b2^t
-            c1 = 1.0 if log_b1 is None else -torch.expm1(t * log_b1)  # b1 = 0: 0^t = 0 for t >= 1
-            lr_t = c2.sqrt() / c1
+            # a carried count is a tensor (on the device: no host sync); a fresh one a Python number (no tensor)
+            t = (t0 + step).to(ref.dtype) if torch.is_tensor(t0) else float(t0 + step)
+            expm1 = torch.expm1 if torch.is_tensor(t) else math.expm1
+            c2 = -expm1(t * log_b2)  # 1 - b2^t
+            c1 = 1.0 if log_b1 is None else -expm1(t * log_b1)  # b1 = 0: 0^t = 0 for t >= 1
+            lr_t = (c2.sqrt() if torch.is_tensor(c2) else math.sqrt(c2)) / c1
             fast = {k: fast[k] - (lr[k] if isinstance(lr, dict) else lr) * lr_t * m[k] / (v[k].sqrt() + eps)
                     for k in fast}
         elif isinstance(lr, dict):

@@ -51,11 +51,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError, option
-from .base import LearnerSpec, LossOutput, register_learner
-from .inner import FixedStepConfig, GradientLearner, inner_loop, map_tasks
+from .base import LearnerSpec, LossOutput, register_learner, task_loss
+from .inner import FixedStepConfig, GradientLearner, inner_loop, score
 
 ADAM = "learner.inner_adam."  # buffers: ADAM + "m." + name, ADAM + "v." + name, ADAM + "t"
 
@@ -129,7 +128,7 @@ class Reptile(GradientLearner):
         return {k: v[-1] for k, v in state.items() if k.startswith(ADAM)}
 
     # -- one task -----------------------------------------------------------------------------------------------
-    def adapt_one(self, params, buffers, support_x, support_y, train, adam_state=None):
+    def adapt_with_state(self, params, buffers, support_x, support_y, train, adam_state=None):
         """Fast weights and the Adam state after them; `adam_state` None: the buffers' (carry) or a fresh one."""
         if adam_state is None:
             adam_state = self.adam_state(params, buffers)
@@ -137,16 +136,21 @@ class Reptile(GradientLearner):
                           self.step_sizes(params, train), True, self.adapted_names(params), self.inner_optimizer,
                           adam_state=adam_state, return_state=True)
 
+    def adapt_one(self, params, buffers, support_x, support_y, train):
+        """Fast weights from the buffers' Adam state (carry), which is left as it is: the reference restores Adam's
+        state after every evaluation episode. `GradientLearner.adapt` maps this over the episodes."""
+        return self.adapt_with_state(params, buffers, support_x, support_y, train)[0]
+
     def task_objective(self, params, buffers, support_x, support_y, query_x, query_y, adam_state=None):
         """(surrogate, query loss, query accuracy) of one task; with `adam_state` also the end state."""
         names = self.adapted_names(params)
         start = {k: v.detach() for k, v in params.items()}
-        fast, end = self.adapt_one(start, buffers, support_x, support_y, True, adam_state)
+        fast, end = self.adapt_with_state(start, buffers, support_x, support_y, True, adam_state)
         surrogate = sum((params[k] * (start[k] - fast[k].detach())).sum() for k in names)
         with torch.no_grad():
             logits = self.forward(fast, buffers, query_x)
-            loss = F.cross_entropy(logits, query_y)
-            acc = (logits.argmax(-1) == query_y).float().mean()
+            loss = task_loss(logits, query_y)
+            acc = score(logits, query_y, loss)
         if adam_state is None:
             return surrogate, loss, acc
         return surrogate, loss, acc, end
@@ -169,19 +173,6 @@ class Reptile(GradientLearner):
             end.update({f"{ADAM}{part}.{k}": x.detach().unsqueeze(0) for k, x in state[part].items()})
         return LossOutput(torch.stack(objs).mean(), {"loss": torch.stack(losses).mean(),
                                                      "accuracy": torch.stack(accs).mean()}, end)
-
-    def adapt(self, params, buffers, support_x, support_y, ways):
-        """Fast weights of every episode, each adapted from the buffers' Adam state (carry), which is left as it is
-        (the reference restores Adam's state after every evaluation episode)."""
-        self.check_ways(params, ways)
-        params = {k: v.detach() for k, v in params.items()}
-        names = self.adapted_names(params)
-
-        def one(p, b, sx, sy):
-            fast, _ = self.adapt_one(p, b, sx, sy, False)
-            return {k: fast[k].detach() for k in names}
-
-        return map_tasks(one, (params, buffers), (support_x, support_y), self.resolve_path(support_x))
 
 
 register_learner(LearnerSpec("reptile", ReptileConfig, Reptile,

@@ -55,8 +55,9 @@ class GlobalBatchNorm(nn.Module):
 
     def _global_train(self, x: torch.Tensor) -> torch.Tensor:
         dims = [0, *range(2, x.dim())]
-        count = parallel.all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
-        mean = parallel.all_reduce_sum(x.sum(dims)) / count
+        # the element count rides with the sums in one all-reduce (no tensor made on the host per layer)
+        sums = parallel.all_reduce_sum(torch.cat([x.sum(dims), x.new_full((1,), x.numel() // x.shape[1])]))
+        mean, count = sums[:-1] / sums[-1], sums[-1].detach()
         shape = (1, -1) + (1,) * (x.dim() - 2)
         centered = x - mean.view(shape)
         var = parallel.all_reduce_sum((centered * centered).sum(dims)) / count

@@ -146,12 +146,7 @@ class SSLLearner(Learner):
     def encode(self, tensors: Tensors, prefix: str, images: torch.Tensor) -> torch.Tensor:
         """The encoder with the tensors under `prefix` (`encoder.` online, `learner.target.encoder.` the target):
         images [..., C, H, W] -> features [..., D]."""
-        lead = images.shape[:-3]
-        x = images.reshape(-1, *images.shape[-3:])
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        z = functional_call(self.encoder, sub(tensors, prefix), (x,))
-        return z.reshape(*lead, z.shape[-1])
+        return self.encode_with(sub(tensors, prefix), images)
 
     # -- checks and monitors ----------------------------------------------------------------------------------------
     def check_batch(self, views: torch.Tensor) -> None:
