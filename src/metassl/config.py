@@ -62,6 +62,15 @@ class TaskConfig:
     queries: int = option(15, range=(1, 100000))
     tasks_per_batch: int = option(1, range=(1, 100000), help="tasks per meta-batch (one optimizer step)")
 
+    def outputs(self) -> int:
+        """How many classes a learner's training head has (`Learner.init_params(feature_dim, ways)`): the task's
+        ways here; a source of plain labelled batches (`classes`) says the number of base classes."""
+        return self.ways
+
+    def for_split(self, split: Any) -> "TaskConfig":
+        """This section completed for the training split (the trainer stores the result in config.yaml)."""
+        return self
+
 
 @dataclass
 class LearnerConfig:

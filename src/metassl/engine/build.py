@@ -83,7 +83,7 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
     dim = feature_dim(encoder, image_shape)
     params = {f"encoder.{k}": v for k, v in encoder.named_parameters()}
     buffers = {f"encoder.{k}": v for k, v in encoder.named_buffers()}
-    for k, v in learner.init_params(dim, cfg.tasks.ways).items():
+    for k, v in learner.init_params(dim, cfg.tasks.outputs()).items():
         if not k.startswith("learner."):
             raise ValueError(f"learner {cfg.learner.name}: extra parameter {k!r} must be named learner.*")
         params[k] = nn.Parameter(v.to(device))

@@ -112,3 +112,12 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     tr = folder / "training.safetensors"
     training = load_file(str(tr)) if tr.is_file() else {}
     return model, state, training
+
+
+def read_run_learner(path: str | Path, which: str = "latest") -> str | None:
+    """The learner name a run or checkpoint was trained with (its state.json only; no tensors are read)."""
+    folder = find_checkpoint(path, which)
+    try:
+        return json.loads((folder / "state.json").read_text()).get("learner")
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{folder}/state.json cannot be read: {e}") from e

@@ -8,6 +8,7 @@ logged on accelerators; parameters before each checkpoint on accelerators.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import signal
@@ -29,12 +30,13 @@ from ..data.episodic import check_task_shape
 from ..data.registry import load_dataset
 from ..data.task_sources import AuxiliaryViews, make_task_source
 from ..eval.episodes import Protocol, evaluate
+from ..eval.features import embed_images
 from ..eval.knn import KNNMonitor
 from ..learners import LossOutput, get_learner
 from ..atomic import atomic_write_text
 from .build import Model, build_model, init_encoder_from
 from .frozen import embed_with_run
-from .checkpoint import find_checkpoint, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
+from .checkpoint import find_checkpoint, read_run_learner, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
 from . import distributed
 from .allocator import tune_allocator
 from .distributed import DistInfo, resolve_device
@@ -132,6 +134,8 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"tasks/eval settings do not fit the data: {e}") from e
         self.preprocess = self.train_split.preprocess
+        # e.g. the `classes` source's number of base classes, stored in config.yaml so the run rebuilds its head
+        self.cfg = cfg = dataclasses.replace(cfg, tasks=cfg.tasks.for_split(self.train_split))
         self.model: Model = build_model(cfg, self.train_split.image_shape, self.preprocess, self.device,
                                         global_batchnorm=self.dist.active and cfg.train.sync_batchnorm)
         self._check_shares()
@@ -156,7 +160,19 @@ class Trainer:
         self.init_report = None
         self.runner: StepRunner | None = None  # chunks, vmap/loop choice, amp, compile: see engine/meta.py
         self.warned: set[str] = set()
+        spec_fits = get_learner(cfg.learner.name)
+        if spec_fits.needs_init_from and not cfg.init_from:
+            raise ConfigError(
+                f"learner {cfg.learner.name} starts from a trained run: set init_from=RUN, a run of "
+                f"{' / '.join(spec_fits.init_from_learners) or 'any learner'} (e.g. train omniglot/baseline_5w1s first)")
         if cfg.init_from and not resume:
+            source_learner = read_run_learner(cfg.init_from)
+            if spec_fits.init_from_learners and source_learner not in spec_fits.init_from_learners:
+                raise ConfigError(
+                    f"learner {cfg.learner.name} needs init_from to be a run of "
+                    f"{' / '.join(spec_fits.init_from_learners)} (a classifier trained on the base classes); "
+                    f"{cfg.init_from} is a {source_learner} run. Train one first, e.g. `metassl train "
+                    f"omniglot/{spec_fits.init_from_learners[0]}_5w1s`, and pass its run folder")
             self.init_report = init_encoder_from(self.model, cfg.init_from)
             r = self.init_report
             self.echo(f"encoder initialized from {r['init_from']} ({r['source_learner']}, step {r['source_step']}): "
@@ -268,6 +284,23 @@ class Trainer:
         return {k: v.detach() for k, v in out.metrics.items()} | {"loss": out.loss.detach(),
                                                                   "lr": self.optimizer.param_groups[0]["lr"]}
 
+    def _summarize_training_split(self) -> None:
+        """Learners that summarize the trained encoder's features of the training split (SimpleShot's base mean):
+        every process computes the same summary, in evaluation mode, before the final checkpoint."""
+        learner = self.model.learner
+        if not learner.summarizes_training_split:
+            return
+        self.model.train(False)
+        with torch.no_grad():
+            feats = embed_images(self.model, self.train_split.images, self.preprocess)
+            new = learner.summarize(self.model.params, self.model.buffers, feats, self.train_split.labels())
+            for k, v in new.items():
+                if k not in self.model.buffers:
+                    raise KeyError(f"learner {self.cfg.learner.name}: summarize returned {k!r}, which is not one of "
+                                   f"its buffers")
+                self.model.buffers[k].copy_(v)
+        self.model.train(True)
+
     def _diagnose(self, avg: dict[str, float]) -> None:
         """Warnings the learner derives from the logged metrics (e.g. collapsed embeddings), each shown once."""
         msg = self.model.learner.diagnose(avg, self.step)
@@ -352,14 +385,17 @@ class Trainer:
                     if self.best_val is None or v["accuracy"] > self.best_val:
                         self.best_val = v["accuracy"]
                         self.save(name="best")
+                if self.step == total:
+                    self._summarize_training_split()
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
                     self.save()
         finally:
             if bar is not None:
                 bar.close()
             self.logger.close()
-        if self.dist.is_main and not (self.run_dir / "checkpoints" / "latest").exists():
-            self.save()  # e.g. train.steps=0: a checkpoint of the initialization
+        if not (self.run_dir / "checkpoints" / "latest").exists():  # e.g. train.steps=0: the initialization
+            self._summarize_training_split()
+            self.save()
         if self.dist.is_main:
             plot_learning_curves(self.run_dir)
         distributed.barrier(self.dist)  # the other processes read the run only once rank 0 has written it

@@ -129,6 +129,16 @@ class Learner:
         `state` that `loss` returned; the engine stores them. A pure function (run under no_grad)."""
         return {}
 
+    #: once trained, the learner summarizes the training split's features (e.g. SimpleShot's base-class mean for
+    #: centering): the engine then calls `summarize` with every training image's features, in evaluation mode
+    summarizes_training_split: bool = False
+
+    def summarize(self, params: Tensors, buffers: Tensors, features: torch.Tensor, labels: torch.Tensor
+                  ) -> Tensors:
+        """New values of `learner.*` buffers from the features [M, D] (evaluation mode) and class indices [M] of the
+        whole training split, computed after the last training step and before the final checkpoint."""
+        return {}
+
     def diagnose(self, metrics: dict[str, float], step: int) -> str | None:
         """A warning the logged metrics call for (e.g. collapsed embeddings), or None; the engine shows each once."""
         return None
@@ -200,10 +210,15 @@ class LearnerSpec:
     default_source: str = "labeled"
     # adapts the data set's augmentation preset to the method's views (e.g. BYOL's asymmetric blur/solarization)
     augment: Callable[[Any], Any] | None = None
+    # the method starts from an earlier run (`init_from`, e.g. Meta-Baseline from a classifier run): required or not,
+    # and which learners' runs fit (empty: any); the trainer names what is needed when the run does not fit
+    needs_init_from: bool = False
+    init_from_learners: tuple[str, ...] = ()
 
 
 def register_learner(spec_or_name: LearnerSpec | str, config: type | None = None, *, description: str = "",
-                     default_source: str = "labeled", augment: Callable[[Any], Any] | None = None):
+                     default_source: str = "labeled", augment: Callable[[Any], Any] | None = None,
+                     needs_init_from: bool = False, init_from_learners: tuple[str, ...] = ()):
     """Register a learner: `register_learner(LearnerSpec(...))`, or as a class decorator
 
         @register_learner("protonet", ProtoNetConfig, description="...")
@@ -215,7 +230,8 @@ def register_learner(spec_or_name: LearnerSpec | str, config: type | None = None
         raise TypeError(f"learner {spec_or_name!r}: its config class must subclass metassl.config.LearnerConfig")
 
     def deco(cls: type) -> type:
-        _add(LearnerSpec(spec_or_name, config, cls, description, default_source, augment))
+        _add(LearnerSpec(spec_or_name, config, cls, description, default_source, augment, needs_init_from,
+                         tuple(init_from_learners)))
         return cls
 
     return deco
