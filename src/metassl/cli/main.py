@@ -152,6 +152,46 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from ..engine.evaluate import compare_runs
+
+    main_process = DistInfo.from_env().is_main
+    rows = compare_runs(a.runs, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed, a.data_root,
+                        a.which, a.device, a.batch_episodes, progress=_progress(not a.json and main_process))
+    if not main_process:
+        return 0
+    dicts = [r.to_dict() for r in rows]
+    if a.json:
+        print(json.dumps(dicts, indent=1))
+    else:
+        print(comparison_table(rows))
+    if a.out:
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(a.out, json.dumps(dicts, indent=1) + "\n")
+    return 0
+
+
+def comparison_table(rows) -> str:
+    """The comparison for people: the shared protocol, then one line per run (accuracy ± CI, and against the first
+    run the mean paired difference ± its 95% CI, wins/losses over episodes and both tests' p-values)."""
+    p = rows[0].result.protocol
+    lines = [f"{p['dataset']}/{p['split']} {p['ways']}-way {p['shots']}-shot, {p['episodes']} episodes "
+             f"({p['queries']} queries per class, seed {p['seed']}); every run on the same episodes",
+             f"{'run':<40} {'learner':<14} {'accuracy %':>14}   {'vs first (points)':>17} {'wins/losses':>12} "
+             f"{'t-test p':>9} {'Wilcoxon p':>10}"]
+    for r in rows:
+        acc = f"{r.result.accuracy:.2f} ± {r.result.ci95:.2f}"
+        name = r.run if len(r.run) <= 40 else "..." + r.run[-37:]
+        if r.paired is None:
+            lines.append(f"{name:<40} {r.learner:<14} {acc:>14}   {'(reference)':>17}")
+        else:
+            c = r.paired
+            lines.append(f"{name:<40} {r.learner:<14} {acc:>14}   {c.mean_difference:+8.2f} ± {c.ci95:5.2f} "
+                         f"{f'{c.wins}/{c.losses}':>12} {c.t_pvalue:9.2g} {c.wilcoxon_pvalue:10.2g}")
+    return "\n".join(lines)
+
+
 def cmd_datasets(a: argparse.Namespace) -> int:
     from ..data.registry import list_datasets, load_dataset
     from ..data.root import DatasetNotFoundError, resolve_data_root
@@ -269,7 +309,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from ..report import write_report
 
-    r = write_report(a.run, a.data_root, a.episodes, a.device or "cpu", a.out)
+    r = write_report(a.run, a.data_root, a.episodes, a.device or "cpu", a.out, compare_with=a.compare)
     print(f"report: {r.html} ({len(r.figures)} figures)")
     return 0
 
@@ -322,6 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
     _data_root_arg(p)
     p.set_defaults(fn=cmd_eval)
 
+    p = sub.add_parser("compare", help="evaluate several runs on the same episodes: accuracy ± 95%% CI each, and "
+                       "against the first run the paired difference with its CI, paired t-test and Wilcoxon p-values")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run or checkpoint folders; the first is the reference")
+    p.add_argument("--dataset")
+    p.add_argument("--split")
+    p.add_argument("--ways", type=int)
+    p.add_argument("--shots", type=int)
+    p.add_argument("--queries", type=int)
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--which", default="latest", choices=("latest", "best"), help="which checkpoint of each run")
+    p.add_argument("--device", help="auto, cpu, cuda, ...")
+    p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
+    p.add_argument("--out", help="also write the JSON to this file")
+    _data_root_arg(p)
+    p.set_defaults(fn=cmd_compare)
+
     p = sub.add_parser("datasets", help="list known data sets and where they were found")
     p.add_argument("--no-counts", action="store_true", help="only say where each data set is, do not load splits")
     _data_root_arg(p)
@@ -353,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write RUN/report/report.html with figures")
     p.add_argument("run")
+    p.add_argument("compare", nargs="*", metavar="OTHER_RUN", help="other runs: the page adds their paired "
+                   "comparison against RUN on the same episodes (as `metassl compare`)")
     p.add_argument("--episodes", type=int, help="episodes per evaluation (default: the run's eval.episodes)")
     p.add_argument("--out", help="folder for the page and figures (default RUN/report)")
     p.add_argument("--device")

@@ -1,12 +1,15 @@
 """Evaluate a saved run: load it and its split(s), run the few-shot protocol (`evaluate_run`) or a frozen-encoder
-protocol, kNN or linear probe (`evaluate_frozen`), and return `EvalResult`s. Nothing is printed; `metassl eval`
+protocol, kNN or linear probe (`evaluate_frozen`), or several runs on the same episodes
+with paired statistics (`compare_runs`), and return `EvalResult`s. Nothing is printed; `metassl eval`
 (cli/main.py) prints the results and draws the progress bar from the `progress` callback."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..eval.compare import PairedComparison, compare_results
 from ..eval.episodes import Protocol, evaluate
 from ..eval.knn import knn_evaluate
 from ..eval.linear import linear_evaluate
@@ -16,7 +19,7 @@ from .build import Model, load_model
 from .distributed import DistInfo, gather_objects, resolve_device, setup
 from .frozen import load_run_split
 
-__all__ = ["evaluate_run", "evaluate_frozen", "FROZEN_PROTOCOLS"]
+__all__ = ["evaluate_run", "evaluate_frozen", "compare_runs", "FROZEN_PROTOCOLS", "RunComparison"]
 
 FROZEN_PROTOCOLS = ("knn", "linear")
 
@@ -87,3 +90,43 @@ def evaluate_frozen(run: str | Path, protocol: str, dataset: str | None = None, 
     else:
         r = linear_evaluate(model, train, test, ds, weight_decay, max_train=max_train, max_test=max_test, seed=seed)
     return model, state, r
+
+
+@dataclass
+class RunComparison:
+    """One run's result in a comparison and its paired statistics against the first run (None for the first)."""
+
+    run: str
+    learner: str
+    step: int
+    result: EvalResult
+    paired: PairedComparison | None
+
+    def to_dict(self) -> dict:
+        return {"run": self.run, "learner": self.learner, "step": self.step, **self.result.to_dict(),
+                "paired_vs_first": None if self.paired is None else self.paired.to_dict()}
+
+
+def compare_runs(runs: Sequence[str | Path], dataset: str | None = None, split: str | None = None,
+                 ways: int | None = None, shots: int | None = None, queries: int | None = None,
+                 episodes: int | None = None, seed: int | None = None, data_root: str | None = None,
+                 which: str = "latest", device: str | None = None, batch_episodes: int | None = None,
+                 progress: Progress | None = None) -> list[RunComparison]:
+    """Evaluate every run on the same episodes and compare each with the first (`eval.compare`). Protocol values
+    not given come from the first run's config and are then used for every run, so all see identical episodes."""
+    if len(runs) < 2:
+        raise ValueError(f"compare needs at least two runs, got {len(runs)}")
+    out: list[RunComparison] = []
+    for i, run in enumerate(runs):
+        model, state, results = evaluate_run(run, dataset, split, ways, shots, queries, episodes, seed, data_root,
+                                             which, device, batch_episodes, progress)
+        r = results[0]
+        if i == 0:  # the first run fixes every protocol value for the others
+            p = r.protocol
+            dataset, split, ways, shots = p["dataset"], p["split"], p["ways"], p["shots"]
+            queries, episodes, seed = p["queries"], p["episodes"], p["seed"]
+        out.append(RunComparison(str(run), model.config.learner.name, int(state["step"]), r, None))
+    paired = compare_results([c.result for c in out])
+    for c, pc in zip(out, paired):
+        c.paired = pc
+    return out

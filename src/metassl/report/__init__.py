@@ -16,6 +16,7 @@ import torch
 from ..atomic import atomic_write_path, atomic_write_text
 from ..data.episodic import ClassSplit, eval_episodes
 from ..engine.build import Model, load_model
+from ..engine.evaluate import compare_runs
 from ..engine.frozen import load_run_split
 from ..engine.logging import plot_learning_curves
 from ..eval.episodes import Protocol, evaluate
@@ -156,8 +157,10 @@ class ReportResult:
 
 
 def write_report(run: str | Path, data_root: str | None = None, episodes: int | None = None, device: str = "cpu",
-                 out: str | Path | None = None) -> ReportResult:
-    """Evaluate a run on its test split and write `report.html` with its figures into `<run>/report/`."""
+                 out: str | Path | None = None, compare_with: list[str | Path] | None = None) -> ReportResult:
+    """Evaluate a run on its test split and write `report.html` with its figures into `<run>/report/`.
+    `compare_with`: other runs, evaluated on the same episodes as this run's first protocol; the page then shows
+    the paired comparison (`metassl compare`) of every run against this one."""
     run = Path(run)
     model, info = load_model(run, torch.device(device))
     cfg = model.config
@@ -183,7 +186,14 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
     figures.append(plot_confusion(names, conf, folder / "confusion.png",
                                   f"Confusion over {len(names)} test classes ({eps} episodes)"))
     figures.append(plot_tsne(model, split, folder / "tsne.png", cfg.eval.seed))
-    page = _html(cfg, info, table, sweep, figures, folder)
+    comparison = []
+    if compare_with:
+        p = table[0]["protocol"]
+        comparison = [c.to_dict() for c in compare_runs(
+            [run, *compare_with], p["dataset"], p["split"], p["ways"], p["shots"], p["queries"], p["episodes"],
+            p["seed"], data_root, device=device)]
+        atomic_write_text(folder / "comparison.json", json.dumps(comparison, indent=1) + "\n")
+    page = _html(cfg, info, table, sweep, figures, folder, comparison)
     atomic_write_text(folder / "report.html", page)
     atomic_write_text(folder / "evaluation.json", json.dumps(table, indent=1) + "\n")
     return ReportResult(folder / "report.html", figures, table)
@@ -194,7 +204,28 @@ def _num(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
-def _html(cfg, info, table, sweep, figures, folder: Path) -> str:
+def _comparison_html(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    e = html.escape
+    p = rows[0]["protocol"]
+    body = []
+    for r in rows:
+        c = r["paired_vs_first"]
+        vs = "<td colspan=4>reference</td>" if c is None else (
+            f"<td>{c['mean_difference']:+.2f} ± {c['ci95']:.2f}</td><td>{c['wins']}/{c['losses']}</td>"
+            f"<td>{c['t_pvalue']:.2g}</td><td>{c['wilcoxon_pvalue']:.2g}</td>")
+        body.append(f"<tr><td><code>{e(r['run'])}</code></td><td>{e(r['learner'])}</td><td>{r['step']}</td>"
+                    f"<td><b>{r['accuracy']:.2f} ± {_num(r['ci95'], '.2f')}</b></td>{vs}</tr>")
+    return (f"<h2>Paired comparison ({e(p['dataset'])}/{e(p['split'])} {p['ways']}-way {p['shots']}-shot, "
+            f"{p['episodes']} episodes, the same for every run)</h2>\n<p>Against the first run: the mean per-episode "
+            f"difference in points with its 95% CI (Student's t), episodes won/lost, the paired t-test's and the "
+            f"Wilcoxon signed-rank test's p-values.</p>\n<table><tr><th>run</th><th>learner</th><th>steps</th>"
+            f"<th>accuracy (%)</th><th>difference</th><th>wins/losses</th><th>t-test p</th><th>Wilcoxon p</th></tr>"
+            f"{''.join(body)}</table>")
+
+
+def _html(cfg, info, table, sweep, figures, folder: Path, comparison: list[dict] | None = None) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(r['protocol']['dataset'])}/{e(r['protocol']['split'])}</td><td>{r['protocol']['ways']}-way "
@@ -222,6 +253,7 @@ Checkpoint <code>{e(info['checkpoint'])}</code>; torch {e(str(env.get('torch', '
 <h2>Evaluation (mean ± 95% CI over episodes)</h2>
 <table><tr><th>split</th><th>protocol</th><th>episodes</th><th>accuracy (%)</th><th>paper (%)</th><th>macro F1</th>
 <th>ROC-AUC</th></tr>{rows}</table>
+{_comparison_html(comparison or [])}
 <h2>Accuracy against shots</h2>
 <table><tr><th>shots</th><th>queries per class</th><th>accuracy (%)</th></tr>{sweep_rows}</table>
 <h2>Figures</h2>{imgs}
