@@ -26,6 +26,8 @@ class Conv4Config:
     flatten: str = option("flatten", choices=("flatten", "avg"), help="flatten the last map or average-pool it")
     pool_ceil: bool = option(False, help="max-pool with ceil mode: 28x28 -> 2x2 maps, 256 features with 64 filters "
                                          "(the conv4 of PsCo's code), instead of 1x1 and 64")
+    pool_blocks: int | None = option(None, range=(0, 8), help="max-pool only after the first this many blocks "
+                                     "(Relation Networks: 2 of 4, 64x7x7 maps from 28x28); null: after every block")
 
 
 @register_backbone("conv4", Conv4Config, "4 x [conv3x3, norm, ReLU, max-pool], flattened")
@@ -34,11 +36,11 @@ class Conv4(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
-        for _ in range(cfg.depth):
+        for i in range(cfg.depth):
             stride = 2 if cfg.pool == "stride" else 1
             layers += [nn.Conv2d(c, cfg.hidden, 3, stride=stride, padding=1), norm2d(cfg.norm, cfg.hidden,
                        cfg.track_running_stats), nn.ReLU()]
-            if cfg.pool == "max":
+            if cfg.pool == "max" and (cfg.pool_blocks is None or i < cfg.pool_blocks):
                 layers.append(nn.MaxPool2d(2, ceil_mode=cfg.pool_ceil))
             c = cfg.hidden
         self.features = nn.Sequential(*layers)
