@@ -176,12 +176,19 @@ def test_every_registered_learner_adapts_and_predicts(learner, tmp_path):
     from metassl.config import apply_overrides, resolve
     from metassl.engine.trainer import train
 
-    cfg = resolve(apply_overrides({}, [
-        f"learner.name={learner}", "data.dataset=digits", "data.train_split=train", "data.val_split=null",
-        "model.backbone=conv4", "model.hidden=8", "model.depth=2", "model.track_running_stats=false",
-        "tasks.ways=3", "tasks.shots=2",
-        "tasks.queries=2", "train.steps=2", "train.progress=false", "train.tensorboard=false", "optim.name=adam",
-        "train.report=false"] + ([] if LEARNERS[learner].default_source == "labeled" else ["tasks.batch_size=16"])))
+    def overrides(name):
+        return [
+            f"learner.name={name}", "data.dataset=digits", "data.train_split=train", "data.val_split=null",
+            "model.backbone=conv4", "model.hidden=8", "model.depth=2", "model.track_running_stats=false",
+            "tasks.ways=3", "tasks.shots=2",
+            "tasks.queries=2", "train.steps=2", "train.progress=false", "train.tensorboard=false", "optim.name=adam",
+            "train.report=false"] + ([] if LEARNERS[name].default_source == "labeled" else ["tasks.batch_size=16"])
+
+    spec, start = LEARNERS[learner], []
+    if spec.needs_init_from:  # e.g. Meta-Baseline: first two steps of a learner whose run it starts from
+        train(resolve(apply_overrides({}, overrides((spec.init_from_learners or ("protonet",))[0]))), tmp_path / "init")
+        start = [f"init_from={tmp_path / 'init'}"]
+    cfg = resolve(apply_overrides({}, overrides(learner) + start))
     train(cfg, tmp_path / "run")
     clf = FewShotClassifier.load(tmp_path / "run")
     split = load_dataset("digits", "test")
