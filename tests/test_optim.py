@@ -15,3 +15,21 @@ def test_lars_step_formula_and_exclusions():
     trust = 0.01 * 5.0 / 1.5
     assert torch.allclose(w.detach(), torch.tensor([[3.0, 4.0]]) - 0.1 * trust * g, atol=1e-6)
     assert torch.allclose(b.detach(), torch.tensor([1.0, 2.0]) - 0.1 * torch.tensor([0.5, 0.5]))  # excluded
+
+
+def test_piecewise_schedule_and_its_errors():
+    import pytest
+
+    from metassl.config import ConfigError, apply_overrides, resolve
+    from metassl.engine.optim import lr_factor
+
+    cfg = resolve(apply_overrides({}, ["optim.schedule=piecewise", "optim.milestones=[10,20,25]",
+                                       "optim.factors=[0.06,0.012,0.0024]"])).optim
+    got = [lr_factor(s, cfg, 30) for s in (0, 9, 10, 19, 20, 24, 25, 29)]
+    assert got == [1.0, 1.0, 0.06, 0.06, 0.012, 0.012, 0.0024, 0.0024]
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        resolve(apply_overrides({}, ["optim.milestones=[20,10]", "optim.factors=[0.1,0.01]"]))
+    with pytest.raises(ConfigError, match="one per entry"):
+        resolve(apply_overrides({}, ["optim.milestones=[10]", "optim.factors=[0.1,0.01]"]))
+    with pytest.raises(ConfigError, match="needs optim.milestones"):
+        resolve(apply_overrides({}, ["optim.schedule=piecewise"]))

@@ -107,12 +107,24 @@ class OptimConfig:
     weight_decay: float = option(0.0, range=(0.0, 1.0))
     momentum: float = option(0.9, range=(0.0, 1.0), help="SGD momentum")
     nesterov: bool = option(False)
-    schedule: str = option("constant", choices=("constant", "step", "cosine"))
+    schedule: str = option("constant", choices=("constant", "step", "cosine", "piecewise"))
+    milestones: list[int] = option(default_factory=list, help="piecewise schedule: the steps (increasing) from "
+                                   "which the lr factor changes to the matching entry of optim.factors")
+    factors: list[float] = option(default_factory=list, help="piecewise schedule: lr factor from each milestone on "
+                                  "(1 before the first)")
     step_every: int = option(2000, range=(1, None), help="step schedule: multiply lr by gamma every this many steps")
     gamma: float = option(0.5, range=(0.0, 1.0))
     warmup_steps: int = option(0, range=(0, None))
     grad_clip: float | None = option(None, range=(0.0, None), help="clip the global gradient norm; null: off")
     lars_eta: float = option(0.001, range=(1e-6, 1.0), help="LARS trust coefficient (optim.name=lars)")
+
+    def validate(self):
+        if len(self.milestones) != len(self.factors) or list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"optim.milestones {list(self.milestones)} must be strictly increasing steps, one per "
+                              f"entry of optim.factors {list(self.factors)}")
+        if self.schedule == "piecewise" and not self.milestones:
+            raise ConfigError("optim.schedule=piecewise needs optim.milestones and optim.factors, e.g. "
+                              "optim.milestones=[20000,40000] optim.factors=[0.1,0.01]")
 
 
 @dataclass

@@ -134,7 +134,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     paper = model.config.eval.paper
     rows = []
     for r in results:
-        d = r.to_dict()
+        d = r.to_dict(per_episode=a.per_episode)
         d["paper_accuracy"] = paper.get(r.tag)
         d["checkpoint"] = state["checkpoint"]
         d["learner"] = model.config.learner.name
@@ -347,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
     p.add_argument("--json", action="store_true", help="print one JSON object with the metrics and protocol")
     p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--per-episode", action="store_true", help="the JSON also lists every episode's accuracy (for "
+                   "paired comparisons later: `metassl.eval.compare.paired_comparison`)")
     p.add_argument("--protocol", default="fewshot", choices=("fewshot", "knn", "linear"),
                    help="fewshot: N-way K-shot episodes (default); knn: weighted kNN on frozen features (cosine, "
                    "--k 200, --temperature 0.1) with the train split as memory bank; linear: logistic-regression "

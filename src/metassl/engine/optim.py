@@ -70,7 +70,8 @@ class LARS(torch.optim.Optimizer):
 
 
 def lr_factor(step: int, cfg, total_steps: int) -> float:
-    """Multiplier of the base learning rate at `step`: linear warm-up, then constant, step decay or cosine."""
+    """Multiplier of the base learning rate at `step`: linear warm-up, then constant, step decay, cosine or
+    piecewise constant."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "step":
@@ -79,6 +80,8 @@ def lr_factor(step: int, cfg, total_steps: int) -> float:
         span = max(total_steps - cfg.warmup_steps, 1)
         t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "piecewise":  # the factor of the last milestone reached
+        return next((f for m, f in zip(reversed(cfg.milestones), reversed(cfg.factors)) if step >= m), 1.0)
     return 1.0
 
 

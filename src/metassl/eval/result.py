@@ -38,11 +38,12 @@ class EvalResult:
         p = self.protocol
         return f"{p['ways']}w{p['shots']}s" if self.name == "fewshot" else self.name
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, per_episode: bool = False) -> dict[str, Any]:
         """JSON-ready: the protocol, accuracy and ci95, each other metric's mean under its own name (plus all of
         them with their CIs under `metrics`), `top1` (a fraction) for the frozen-encoder protocols, the per-class
         accuracies where measured, and the seconds. Values that are not defined (nan) become None (JSON null).
-        The confusion matrix and the per-episode accuracies stay on the object."""
+        The confusion matrix stays on the object; the per-episode accuracies (percent, in episode order: what a
+        paired comparison of methods needs) are included with `per_episode`."""
         d: dict[str, Any] = {"protocol": dict(self.protocol), "accuracy": self.accuracy, "ci95": self.ci95,
                              **{k: v["mean"] for k, v in self.metrics.items() if k != "accuracy"},
                              "metrics": self.metrics}
@@ -50,6 +51,8 @@ class EvalResult:
             d["top1"] = self.accuracy / 100.0
         if self.per_class_accuracy:
             d["per_class_accuracy"] = self.per_class_accuracy
+        if per_episode and self.per_episode_accuracy:
+            d["per_episode_accuracy"] = self.per_episode_accuracy
         d["seconds"] = round(self.seconds, 3)
         return _defined(d)
 
