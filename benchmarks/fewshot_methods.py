@@ -1,0 +1,143 @@
+"""Short CPU runs of every few-shot method on Omniglot, each compared with ProtoNet on the same fixed episodes.
+
+For each method: `metassl train <preset> train.steps=N train.threads=1 ...` into runs/fewshot_methods/<name>, then
+`metassl eval <run> --ways W --shots 1 --episodes 600 --seed 0 --queries 15 --json --per-episode` for the 5-way
+and 20-way 1-shot protocols; the table pairs each run's per-episode accuracies with ProtoNet's on the same episodes
+(`metassl.eval.compare.paired_comparison`, what `metassl compare PROTONET_RUN RUN ...` prints, without evaluating
+ProtoNet again for every method). Raw results go to results/fewshot_methods/<name>_<protocol>.json with the command, the training minutes, the device
+and the torch version; `--table` writes results/fewshot_methods.md from them. A finished step is skipped when run
+again (the script can be stopped and restarted).
+
+    python benchmarks/fewshot_methods.py --only protonet matchingnet     # train + compare these
+    python benchmarks/fewshot_methods.py --table                          # write the markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "fewshot_methods"
+OUT = ROOT / "results" / "fewshot_methods"
+DATA = os.environ.get("METASSL_DATA", str(ROOT.parent / "shared" / "data"))
+COMMON = ["train.threads=1", "train.progress=false", "train.tensorboard=false", "train.report=false",
+          "train.checkpoint_every=100000"]
+
+# name, preset, training steps (short CPU schedule), extra overrides, protocols (ways, the run that evaluates them)
+METHODS: list[dict] = [
+    dict(name="protonet", preset="omniglot/protonet_5w1s", steps=1000, ways=(5, 20)),
+    dict(name="matchingnet", preset="omniglot/matchingnet_5w1s", steps=1000, ways=(5, 20)),
+    dict(name="relationnet", preset="omniglot/relationnet_5w1s", steps=1000, ways=(5, 20)),
+    dict(name="r2d2", preset="omniglot/r2d2_5w1s", steps=1000, ways=(5, 20)),
+    dict(name="metaoptnet", preset="omniglot/metaoptnet_5w1s", steps=1000, ways=(5, 20)),
+    dict(name="baseline", preset="omniglot/baseline_5w1s", steps=4000, ways=(5, 20)),
+    dict(name="baseline_pp", preset="omniglot/baseline_pp_5w1s", steps=4000, ways=(5, 20)),
+    # SimpleShot on the Baseline run's encoder: 0 steps, only the base-class mean for CL2N is computed
+    dict(name="simpleshot", preset="omniglot/simpleshot_5w1s", steps=0, ways=(5, 20), init_from="baseline"),
+    dict(name="meta_baseline", preset="omniglot/meta_baseline_5w1s", steps=500, ways=(5, 20),
+         init_from="baseline"),
+    dict(name="feat", preset="omniglot/feat_5w1s", steps=1000, ways=(5, 20)),
+    dict(name="protomaml", preset="omniglot/protomaml_5w1s", steps=300, ways=(5, 20)),
+    dict(name="boil", preset="omniglot/boil_5w1s", steps=300, ways=(5,)),
+    dict(name="mamlpp", preset="omniglot/mamlpp_5w1s", steps=200, ways=(5,)),
+]
+
+
+def sh(cmd: list[str], log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "METASSL_DATA": DATA})
+    if r.returncode:
+        raise RuntimeError(f"failed ({r.returncode}): {shlex.join(cmd)}; see {log}")
+    return time.perf_counter() - t0
+
+
+def metassl() -> list[str]:
+    return [sys.executable, "-m", "metassl"]
+
+
+def trained(run: Path, steps: int) -> bool:
+    latest = run / "checkpoints" / "latest"
+    if not latest.is_file():
+        return False
+    state = json.loads((run / "checkpoints" / latest.read_text().strip() / "state.json").read_text())
+    return int(state["step"]) >= steps
+
+
+def run_method(m: dict, log: Path) -> None:
+    run = RUNS / m["name"]
+    meta_file = OUT / f"{m['name']}_train.json"
+    overrides = [f"train.steps={m['steps']}", *COMMON, *m.get("overrides", [])]
+    if m.get("init_from"):
+        overrides.append(f"init_from={RUNS / m['init_from']}")
+    cmd = metassl() + ["train", m["preset"], *overrides, "--run-dir", str(run), "--data-root", DATA]
+    if not trained(run, m["steps"]):
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        secs = sh(cmd, log)
+        meta = {"command": "metassl " + shlex.join(cmd[3:]), "train_minutes": round(secs / 60, 2),
+                "steps": m["steps"], "preset": m["preset"], "date": str(date.today()), "device": device(),
+                "torch": torch_version()}
+        meta_file.write_text(json.dumps(meta, indent=1) + "\n")
+    for ways in m["ways"]:
+        out = OUT / f"{m['name']}_{ways}w1s.json"
+        if out.is_file():
+            continue
+        ev = metassl() + ["eval", str(run), "--dataset", "omniglot", "--split", "test", "--ways", str(ways),
+                          "--shots", "1", "--queries", "15", "--episodes", "600", "--seed", "0", "--json",
+                          "--per-episode", "--out", str(out), "--data-root", DATA]
+        secs = sh(ev, log)
+        rows = json.loads(out.read_text())
+        out.write_text(json.dumps({"command": "metassl " + shlex.join(ev[3:]), "eval_minutes": round(secs / 60, 2),
+                                   "result": rows[0]}, indent=1) + "\n")
+
+
+def device() -> str:
+    return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), 1 torch thread per run"
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", help="method names (default: all, in order)")
+    ap.add_argument("--table", action="store_true", help="write results/fewshot_methods.md from the JSON files")
+    a = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    if a.table:
+        from fewshot_methods_table import write_table  # noqa: E402 (benchmarks/ sibling)
+
+        write_table(METHODS, OUT, ROOT / "results" / "fewshot_methods.md")
+        return
+    names = a.only or [m["name"] for m in METHODS]
+    log = OUT / "log.txt"
+    for m in METHODS:
+        if m["name"] in names:
+            try:
+                run_method(m, log)
+                print(f"{m['name']}: done", flush=True)
+            except RuntimeError as e:
+                print(f"{m['name']}: {e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
