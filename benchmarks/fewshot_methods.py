@@ -58,10 +58,16 @@ def sh(cmd: list[str], log: Path) -> float:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", "METASSL_DATA": DATA})
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "METASSL_DATA": DATA,
+                                "PYTHONPATH": str(ROOT / "src")})  # this checkout's code, whatever is installed
     if r.returncode:
         raise RuntimeError(f"failed ({r.returncode}): {shlex.join(cmd)}; see {log}")
     return time.perf_counter() - t0
+
+
+def shown(cmd: list[str]) -> str:
+    """The command as the table shows it: `metassl ...`, paths relative to the repository root."""
+    return "metassl " + shlex.join(cmd[3:]).replace(str(ROOT) + "/", "")
 
 
 def metassl() -> list[str]:
@@ -89,7 +95,7 @@ def run_method(m: dict, log: Path) -> None:
 
             shutil.rmtree(run)
         secs = sh(cmd, log)
-        meta = {"command": "metassl " + shlex.join(cmd[3:]), "train_minutes": round(secs / 60, 2),
+        meta = {"command": shown(cmd), "train_minutes": round(secs / 60, 2),
                 "steps": m["steps"], "preset": m["preset"], "date": str(date.today()), "device": device(),
                 "torch": torch_version()}
         meta_file.write_text(json.dumps(meta, indent=1) + "\n")
@@ -102,7 +108,7 @@ def run_method(m: dict, log: Path) -> None:
                           "--per-episode", "--out", str(out), "--data-root", DATA]
         secs = sh(ev, log)
         rows = json.loads(out.read_text())
-        out.write_text(json.dumps({"command": "metassl " + shlex.join(ev[3:]), "eval_minutes": round(secs / 60, 2),
+        out.write_text(json.dumps({"command": shown(ev), "eval_minutes": round(secs / 60, 2),
                                    "result": rows[0]}, indent=1) + "\n")
 
 
