@@ -36,7 +36,9 @@ COMMON = ["train.threads=1", "train.progress=false", "train.tensorboard=false", 
 METHODS: list[dict] = [
     dict(name="protonet", preset="omniglot/protonet_5w1s", steps=1000, ways=(5, 20)),
     dict(name="matchingnet", preset="omniglot/matchingnet_5w1s", steps=1000, ways=(5, 20)),
-    dict(name="relationnet", preset="omniglot/relationnet_5w1s", steps=1000, ways=(5, 20)),
+    # 20-way: 6,000 (class, query) pairs of 128 x 7 x 7 maps per episode; 50 episodes at once need > 20 GB
+    dict(name="relationnet", preset="omniglot/relationnet_5w1s", steps=1000, ways=(5, 20),
+         eval_args=["--batch-episodes", "5"]),
     dict(name="r2d2", preset="omniglot/r2d2_5w1s", steps=1000, ways=(5, 20)),
     dict(name="metaoptnet", preset="omniglot/metaoptnet_5w1s", steps=1000, ways=(5, 20)),
     dict(name="baseline", preset="omniglot/baseline_5w1s", steps=4000, ways=(5, 20)),
@@ -105,7 +107,7 @@ def run_method(m: dict, log: Path) -> None:
             continue
         ev = metassl() + ["eval", str(run), "--dataset", "omniglot", "--split", "test", "--ways", str(ways),
                           "--shots", "1", "--queries", "15", "--episodes", "600", "--seed", "0", "--json",
-                          "--per-episode", "--out", str(out), "--data-root", DATA]
+                          "--per-episode", "--out", str(out), "--data-root", DATA, *m.get("eval_args", [])]
         secs = sh(ev, log)
         rows = json.loads(out.read_text())
         out.write_text(json.dumps({"command": shown(ev), "eval_minutes": round(secs / 60, 2),
