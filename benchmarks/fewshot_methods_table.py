@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from metassl.config import load_config
+from metassl.config import ConfigError, load_config
 from metassl.eval.compare import paired_comparison
 
 NAMES = {"protonet": "ProtoNet", "matchingnet": "Matching Networks", "relationnet": "Relation Networks",
@@ -35,6 +35,11 @@ def write_table(methods: list[dict], out: Path, path: Path, notes: dict[str, str
             f = out / f"{name}_{ways}w1s.json"
             tag = f"{ways}w1s"
             paper = cfg.eval.paper.get(tag)
+            if paper is None and ways != 5:  # the paper's figure sits in the method's own N-way preset
+                try:
+                    paper = load_config(m["preset"].replace("_5w1s", f"_{ways}w1s")).eval.paper.get(tag)
+                except (ConfigError, FileNotFoundError):  # no such preset
+                    paper = None
             paper_s = "—" if paper is None else f"{paper}"
             full = cfg.train.steps
             if not f.is_file() or meta is None:
