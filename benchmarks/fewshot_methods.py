@@ -137,7 +137,10 @@ def run_method(m: dict, log: Path) -> None:
             continue
         ev = metassl() + ["eval", str(run), "--dataset", "omniglot", "--split", "test", "--ways", str(ways),
                           "--shots", "1", "--queries", "15", "--episodes", "600", "--seed", "0", "--json",
-                          "--per-episode", "--out", str(out), "--data-root", DATA, *m.get("eval_args", [])]
+                          "--per-episode", "--out", str(out), "--data-root", DATA,
+                          # 20-way: 300 queries per episode; 50 episodes at once take up to 9 GB (results do not
+                          # depend on the batching, tests/test_contract.py)
+                          *m.get("eval_args", ["--batch-episodes", "10"] if ways > 5 else [])]
         secs = sh(ev, log)
         rows = json.loads(out.read_text())
         out.write_text(json.dumps({"command": shown(ev), "eval_minutes": round(secs / 60, 2),
