@@ -103,8 +103,10 @@ def test_psco_source_makes_a_strong_and_a_weak_view_without_reading_labels():
 
 
 def test_psco_source_refuses_other_learners():
-    split = make_split(num_classes=20, per_class=5, shape=(1, 16, 16))
-    cfg = resolve(apply_overrides({}, ["data.dataset=omniglot", "learner.name=protonet", "tasks.source=psco"]))
+    with pytest.raises(ConfigError, match="tasks.source=psco gives .*learner.name=protonet trains on"):
+        resolve(apply_overrides({}, ["data.dataset=omniglot", "learner.name=protonet", "tasks.source=psco"]))
+    split = make_split(num_classes=20, per_class=5, shape=(1, 16, 16))  # a views learner reaches the source's check
+    cfg = resolve(apply_overrides({}, ["data.dataset=omniglot", "learner.name=simclr", "tasks.source=psco"]))
     with pytest.raises(ConfigError, match="only learner.name=psco.*umtra or cactus"):
         make_task_source(cfg.tasks, split, torch.Generator(), config=cfg)
 

@@ -214,11 +214,17 @@ class FewShotClassifier:
             try:
                 tensors.append(to_uint8_image(f, shape))
                 good.append(i)
-            except (ImageReadError, OSError, ValueError) as e:
+            except (ImageReadError, OSError, ValueError) as e:  # also a decompression bomb (ImageReadError)
                 rows[i] = Prediction(str(f), None, None, {}, str(e))
+            except MemoryError:
+                rows[i] = Prediction(str(f), None, None, {}, f"cannot read image {f}: not enough memory to decode it")
         if tensors:
             probs = self.predict_proba_tensor(torch.stack(tensors))
             for i, p in zip(good, probs):
+                if not bool(torch.isfinite(p).all()):  # NaN is no answer: say so instead of a label chosen by argmax
+                    rows[i] = Prediction(str(files[i]), None, None, {}, "the model gave non-finite probabilities "
+                                         "(its weights or this image's features hold NaN or inf)")
+                    continue
                 k = int(p.argmax())
                 rows[i] = Prediction(str(files[i]), self.classes_[k], float(p[k]),
                                      {c: float(v) for c, v in zip(self.classes_, p)})

@@ -8,8 +8,11 @@ the key: an unknown key lists the closest valid ones, a bad value gives the allo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +25,11 @@ import yaml
 from .errors import ConfigError
 from .registry import AUGMENTATIONS, BACKBONES, LEARNERS, SECTIONS, TASK_SOURCES
 
-__all__ = ["ConfigError", "option", "RunConfig", "TaskConfig", "LearnerConfig", "load_config", "resolve"]
+__all__ = ["ConfigError", "option", "RunConfig", "TaskConfig", "LearnerConfig", "load_config", "resolve",
+           "check_device_name", "BATCH_KINDS", "source_batch_kind", "learner_batch_kinds"]
+
+#: the largest seed torch's generators accept without overflow (and numpy-free code can hash)
+MAX_SEED = 2**63 - 1
 
 
 def option(default: Any = dataclasses.MISSING, *, range: tuple[float | None, float | None] | None = None,
@@ -135,6 +142,9 @@ class TrainConfig:
     val_episodes: int = option(200, range=(1, None))
     checkpoint_every: int = option(1000, range=(1, None))
     keep_checkpoints: int = option(2, range=(1, None), help="how many recent checkpoints to keep")
+    checkpoint_minutes: float | None = option(10.0, range=(0.0, None), help="also checkpoint when this many minutes "
+                                              "passed since the last checkpoint (a kill costs at most that); "
+                                              "0 or null: by checkpoint_every only")
     device: str = option("auto", help="auto, cpu, cuda, cuda:1, mps")
     threads: int | None = option(None, range=(1, 1024), help="CPU threads for torch; null: torch's default")
     progress: bool = option(True, help="show a progress bar")
@@ -149,17 +159,24 @@ class TrainConfig:
     dist_timeout: float = option(600.0, range=(1.0, None), help="several processes: seconds a collective waits "
                                  "before a missing process is an error")
 
+    def validate(self):
+        check_device_name(self.device, "train.device")
+
 
 @dataclass
 class EvalConfig:
     ways: int = option(5, range=(2, 100000))
-    shots: list[int] = option(default_factory=lambda: [1, 5], help="one evaluation per shot count")
+    shots: list[int] = option(default_factory=lambda: [1, 5], range=(1, 100000), help="one evaluation per shot count")
     queries: int = option(15, range=(1, 100000))
     episodes: int = option(600, range=(1, None))
-    seed: int = option(0, range=(0, None))
+    seed: int = option(0, range=(0, MAX_SEED))
     batch_episodes: int = option(50, range=(1, None), help="episodes evaluated together (memory vs speed)")
     paper: dict[str, float] = option(default_factory=dict,
                                      help="the paper's accuracy per protocol, e.g. {5w1s: 98.8}, for tables")
+
+    def validate(self):
+        if not self.shots:
+            raise ConfigError("eval.shots is empty: give at least one shot count, e.g. eval.shots=[1,5]")
 
 
 FIXED_SECTIONS: dict[str, type] = {"data": DataConfig, "aux": AuxConfig, "optim": OptimConfig, "train": TrainConfig,
@@ -259,14 +276,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        out = None
+        if isinstance(value, (int, float, str)):  # a str: YAML 1.1 reads 1e-3 as a string
             try:
-                return float(value)
-            except ValueError:
+                out = float(value)
+            except (ValueError, OverflowError):  # OverflowError: an int beyond float's range
                 pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        if out is None:
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        # NaN passes every range comparison and inf is never meant: both would reach the weights silently
+        if not math.isfinite(out):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -276,10 +297,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _check(value: Any, f: dataclasses.Field, key: str) -> None:
     rng, choices = f.metadata.get("range"), f.metadata.get("choices")
-    items = value if isinstance(value, (list, tuple)) else [value]
+    items = value if isinstance(value, (list, tuple)) else list(value.values()) if isinstance(value, dict) else [value]
     for v in items:
         if v is None:
             continue
+        if isinstance(v, float) and not math.isfinite(v):  # a default or an `Any`-typed value: coercion saw neither
+            raise ConfigError(f"{key} must be a finite number, got {v!r}")
         if choices is not None and v not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {v!r}")
         if rng is not None and isinstance(v, (int, float)):
@@ -288,6 +311,24 @@ def _check(value: Any, f: dataclasses.Field, key: str) -> None:
                 lo_s = "-inf" if lo is None else lo
                 hi_s = "inf" if hi is None else hi
                 raise ConfigError(f"{key} must be in [{lo_s}, {hi_s}], got {v!r}")
+
+
+def section_values(values: Any, prefix: str) -> dict[str, Any]:
+    """A section's raw mapping (None: empty); anything else (`train=5`, `data=[1,2]`) is an error naming it."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix} must be a mapping of {prefix}.* keys, got {values!r}; set single keys, e.g. "
+                          f"{prefix}.KEY=VALUE (see `metassl presets --keys`)")
+    return dict(values)
+
+
+def check_device_name(name: Any, key: str) -> str:
+    """A device name metassl runs on (syntax only: whether it exists here is checked when the device is resolved,
+    so a run trained on a GPU can still be loaded elsewhere)."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"{key} must be auto, cpu, cuda, cuda:N or mps; got {name!r}")
+    return name
 
 
 def unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigError:
@@ -300,9 +341,7 @@ def unknown_key(key: str, valid: typing.Iterable[str], where: str) -> ConfigErro
 def build(cls: type, values: dict[str, Any] | None, prefix: str, where: str | None = None) -> Any:
     """Make a `cls` instance from a mapping, naming `prefix.key` in every error (`where`: how to name the section
     in the list of valid keys)."""
-    values = dict(values or {})
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix} must be a mapping, got {values!r}")
+    values = section_values(values, prefix)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -357,6 +396,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e}); save the config as UTF-8") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -383,18 +426,24 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_raw(name_or_path: str) -> dict[str, Any]:
+def load_raw(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a config, following `base: other_preset` chains (the child's keys win)."""
     path = find_config(name_or_path)
     data = read_yaml(path)
     base = data.pop("base", None)
     if base:
-        data = merge(load_raw(base), data)
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be one preset name or YAML file, got {base!r}")
+        here = str(path.resolve())
+        if here in _seen:  # a chain that returns to itself would recurse until the interpreter gives up
+            raise ConfigError(f"{path}: its base chain loops back to itself ({base!r}); remove one `base:`")
+        data = merge(load_raw(base, (*_seen, here)), data)
     return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = merge({}, data)
+    """`data` with `key=value` overrides applied (YAML values); `data` itself is not changed."""
+    data = copy.deepcopy(data)  # a shallow merge would write the overrides into the caller's nested sections
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.steps=500)")
@@ -406,7 +455,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or an empty section (`model:` with nothing under it)
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
         node[parts[-1]] = value
@@ -425,10 +476,12 @@ def sections() -> dict[str, type]:
 
 def resolve(data: dict[str, Any]) -> RunConfig:
     """Validate a raw config mapping into a RunConfig."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {data!r}")
     data = dict(data)
     for k in data:
         if k not in TOP_LEVEL:
-            raise unknown_key(k, TOP_LEVEL, "the top level")
+            raise unknown_key(str(k), TOP_LEVEL, "the top level")
     kwargs: dict[str, Any] = {}
     for k in ("name", "output_dir", "description"):
         if k in data:
@@ -437,18 +490,53 @@ def resolve(data: dict[str, Any]) -> RunConfig:
         kwargs["init_from"] = _coerce(data["init_from"], str, "init_from")
     if "seed" in data:
         kwargs["seed"] = _coerce(data["seed"], int, "seed")
+        if not 0 <= kwargs["seed"] <= MAX_SEED:  # torch's generators overflow past 2**63 - 1
+            raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {kwargs['seed']}")
     for name, cls in sections().items():
         kwargs[name] = build(cls, data.get(name), name)
-    model = dict(data.get("model") or {})
+    model = section_values(data.get("model"), "model")
     backbone = BACKBONES.lookup(str(model.get("backbone", "conv4")))
     kwargs["model"] = build(backbone.config, model, "model")
-    learner = dict(data.get("learner") or {})
+    learner = section_values(data.get("learner"), "learner")
     spec = LEARNERS.lookup(str(learner.get("name", "protonet")))
     kwargs["learner"] = build(spec.config, learner, "learner")
-    tasks = dict(data.get("tasks") or {})
+    tasks = section_values(data.get("tasks"), "tasks")
     source = TASK_SOURCES.lookup(task_source_name(str(tasks.get("source", "auto")), kwargs["learner"].name))
     kwargs["tasks"] = build(source.config, tasks, "tasks", f"tasks (for tasks.source {source.name})")
+    check_source_fits(spec, source)
     return RunConfig(**kwargs)
+
+
+# What each task source's batches are, so a learner is never handed a batch type it cannot train on (ProtoNet on
+# `views` used to fail deep inside its loss): a task source declares the kind it yields (`TaskSourceSpec.batch`), a
+# learner the kinds it trains on (`LearnerSpec.accepts`; empty: the kind of its default source).
+BATCH_KINDS = {"episodes": "N-way K-shot episodes (TaskBatch)", "views": "augmented views of unlabeled images "
+               "(ViewBatch)", "classes": "plain labelled batches over the base classes (ClassBatch)"}
+
+
+def source_batch_kind(source: Any) -> str | None:
+    """The kind of batch (a key of BATCH_KINDS) a task source spec yields; None: not declared (a plugin source),
+    which is never refused."""
+    return source.batch
+
+
+def learner_batch_kinds(spec: Any) -> tuple[str, ...] | None:
+    """The batch kinds a learner spec trains on: its `accepts`, else the kind of its default source."""
+    if spec.accepts:
+        return tuple(spec.accepts)
+    default = TASK_SOURCES.get(spec.default_source)
+    kind = source_batch_kind(default) if default is not None else None
+    return (kind,) if kind else None
+
+
+def check_source_fits(spec: Any, source: Any) -> None:
+    kind, accepted = source_batch_kind(source), learner_batch_kinds(spec)
+    if kind is None or accepted is None or kind in accepted:
+        return
+    fits = [name for name, s in TASK_SOURCES.items() if source_batch_kind(s) in accepted]
+    raise ConfigError(f"tasks.source={source.name} gives {BATCH_KINDS.get(kind, kind)}, but learner.name={spec.name} "
+                      f"trains on {' or '.join(BATCH_KINDS.get(k, k) for k in accepted)}: set tasks.source=auto "
+                      f"(= {spec.default_source})" + (f" or one of {', '.join(fits)}" if fits else ""))
 
 
 # keys of the fixed `tasks` section before each task source owned its own (checkpoint format 1): a stored config
@@ -460,9 +548,11 @@ def resolve_stored(data: dict[str, Any]) -> RunConfig:
     """Validate a config stored by a run (config.yaml, a checkpoint's state.json), also one written by an earlier
     version: keys of the old fixed `tasks` section that its source does not have are dropped, and a Reptile run
     stored without `inner_state` (trained with a fresh inner Adam state per task) keeps `inner_state: reset`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a stored config must be a mapping of sections, got {type(data).__name__}")
     data = dict(data)
-    tasks = dict(data.get("tasks") or {})
-    learner = str((data.get("learner") or {}).get("name", "protonet"))
+    tasks = section_values(data.get("tasks"), "tasks")
+    learner = str(section_values(data.get("learner"), "learner").get("name", "protonet"))
     source = TASK_SOURCES.lookup(task_source_name(str(tasks.get("source", "auto")), learner))
     own = {f.name for f in dataclasses.fields(source.config)}
     data["tasks"] = {k: v for k, v in tasks.items() if k in own or k not in LEGACY_TASK_KEYS}

@@ -7,17 +7,92 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # errors users can fix get one clear line (plus the fix), not a traceback
-from ..config import ConfigError
+from ..config import MAX_SEED, ConfigError, check_device_name
 from ..engine.distributed import DistInfo
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError,
                                                  NotImplementedError, FloatingPointError, ImportError)
+
+# The range of every numeric flag (inclusive bounds; None: unbounded; True as third item: the lower bound is
+# excluded). Checked after parsing, before any command runs: the engine reads unset flags as `flag or config`, so a
+# 0 would otherwise fall back to the config without a word.
+FLAG_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "ways": (2, 100000, False), "shots": (1, 100000, False), "queries": (1, 100000, False),
+    "episodes": (1, None, False), "seed": (0, MAX_SEED, False), "batch_episodes": (1, None, False),
+    "k": (1, None, False), "temperature": (0.0, None, True), "max_train": (1, None, False),
+    "max_test": (1, None, False), "weight_decay": (0.0, None, False)}
+# flags and arguments naming a thing: an empty string would silently mean "not given" (or the current folder)
+TEXT_FLAGS = ("config", "run", "runs", "compare", "dataset", "split", "train_split", "data_root", "run_dir", "out",
+              "support", "query", "device")
+
+
+def _flag_name(dest: str) -> str:
+    return dest.upper() if dest in ("config", "run", "runs", "compare") else "--" + dest.replace("_", "-")
+
+
+def check_flags(a: argparse.Namespace) -> None:
+    """Refuse flag values that cannot mean what was asked (`--ways 1`, `--k 0`, `--temperature nan`, `--out ""`),
+    naming the flag; a ConfigError, so the command prints one line and exits 2."""
+    for dest, (lo, hi, open_lo) in FLAG_RANGES.items():
+        value = getattr(a, dest, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v is None:
+                continue
+            bad = not math.isfinite(v) or (lo is not None and (v <= lo if open_lo else v < lo)) or \
+                (hi is not None and v > hi)
+            if bad:
+                where = f"{'(' if open_lo else '['}{'-inf' if lo is None else lo}, " \
+                        f"{'inf)' if hi is None else f'{hi}]'}"
+                raise ConfigError(f"{_flag_name(dest)} must be in {where}, got {v}; give a value in that range "
+                                  f"or leave the flag out for its default")
+    for dest in TEXT_FLAGS:
+        value = getattr(a, dest, None)
+        if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
+            name = _flag_name(dest)
+            raise ConfigError(f"{name} is empty; give a value" + ("" if name.isupper() else " or leave the flag out"))
+    if getattr(a, "device", None) is not None:
+        check_device_available(a.device, "--device")
+
+
+def check_device_available(name: str, key: str) -> None:
+    """`name` is a device name this machine has (auto always is)."""
+    import torch
+
+    check_device_name(name, key)
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{key} {name}: CUDA is not available here; use {key} cpu (or auto)")
+        if index and int(index) >= count:
+            raise ConfigError(f"{key} {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError(f"{key} mps: the Apple GPU (MPS) is not available here; use {key} cpu (or auto)")
+
+
+def _finite(obj: Any) -> Any:
+    """`obj` with NaN and infinite floats as None: JSON has no NaN (json.dumps would write the invalid `NaN`)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, **kw: Any) -> str:
+    """Valid JSON always: non-finite numbers become null."""
+    return json.dumps(_finite(obj), indent=1, allow_nan=False, **kw)
 
 
 def _data_root_arg(p: argparse.ArgumentParser) -> None:
@@ -118,11 +193,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
             return 0
         d = {**r.to_dict(), "checkpoint": state["checkpoint"], "learner": model.config.learner.name,
              "step": state["step"]}
-        print(json.dumps(d, indent=1) if a.json else r.line())
+        print(to_json(d) if a.json else r.line())
         if a.out:
             from ..atomic import atomic_write_text
 
-            atomic_write_text(a.out, json.dumps(d, indent=1) + "\n")
+            atomic_write_text(a.out, to_json(d) + "\n")
         return 0
     main_process = DistInfo.from_env().is_main
     model, state, results = evaluate_run(a.run, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed,
@@ -134,7 +209,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     paper = model.config.eval.paper
     rows = []
     for r in results:
-        d = r.to_dict(per_episode=a.per_episode)
+        d = r.to_dict(per_episode=getattr(a, "per_episode", False))
         d["paper_accuracy"] = paper.get(r.tag)
         d["checkpoint"] = state["checkpoint"]
         d["learner"] = model.config.learner.name
@@ -144,11 +219,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
             ref = f"   (paper: {paper[r.tag]})" if r.tag in paper else ""
             print(r.line() + ref)
     if a.json:
-        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))
+        print(to_json(rows[0] if len(rows) == 1 else rows))
     if a.out:
         from ..atomic import atomic_write_text
 
-        atomic_write_text(a.out, json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(a.out, to_json(rows) + "\n")
     return 0
 
 
@@ -162,13 +237,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
         return 0
     dicts = [r.to_dict() for r in rows]
     if a.json:
-        print(json.dumps(dicts, indent=1))
+        print(to_json(dicts))
     else:
         print(comparison_table(rows))
     if a.out:
         from ..atomic import atomic_write_text
 
-        atomic_write_text(a.out, json.dumps(dicts, indent=1) + "\n")
+        atomic_write_text(a.out, to_json(dicts) + "\n")
     return 0
 
 
@@ -259,12 +334,20 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _undecodable(text: str) -> bool:
+    """True when `text` holds bytes of a file name that are not UTF-8 (Python keeps them as lone surrogates)."""
+    return _SURROGATE.search(text) is not None
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     import csv
     import io
 
     from ..api import FewShotClassifier, list_image_files
-    from ..atomic import atomic_write_text
+    from ..atomic import atomic_write_path
 
     if a.out and Path(a.out).exists() and not a.force:
         raise FileExistsError(f"{a.out} exists; pass --force to overwrite it or choose another --out")
@@ -277,8 +360,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
                                 + (f" (missing: {', '.join(missing[:3])})" if missing else ""))
     rows = clf.predict_files(files)
     if a.json:
-        text = json.dumps({"classes": clf.classes_, "predictions": [r.__dict__ for r in rows]}, indent=1,
-                          ensure_ascii=False) + "\n"
+        text = to_json({"classes": clf.classes_, "predictions": [r.__dict__ for r in rows]}, ensure_ascii=False) + "\n"
+        # a non-UTF-8 file name: its bytes as \udcXX escapes (valid JSON; Python's json.loads gives the name back)
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     else:
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -288,13 +372,26 @@ def cmd_predict(a: argparse.Namespace) -> int:
                         *[f"{r.probabilities[c]:.6f}" if r.probabilities else "" for c in clf.classes_],
                         r.error or ""])
         text = buf.getvalue()
+    # the CSV keeps a non-UTF-8 file name as its own bytes (surrogateescape), so each row names the file exactly
+    data = text.encode("utf-8", "surrogateescape")
+    odd = sum(_undecodable(r.path) for r in rows) + sum(_undecodable(c) for c in clf.classes_)
     if a.out:
-        atomic_write_text(a.out, text)
+        with atomic_write_path(a.out) as tmp:
+            tmp.write_bytes(data)
         bad = sum(r.error is not None for r in rows)
         print(f"wrote {len(rows)} rows to {a.out} ({len(rows) - bad} predicted, {bad} unreadable), "
-              f"classes: {', '.join(clf.classes_)}", file=sys.stderr)
+              f"classes: {', '.join(clf.classes_)}", file=sys.stderr)  # standard error escapes odd bytes itself
     else:
-        sys.stdout.write(text)
+        out = getattr(sys.stdout, "buffer", None)
+        if out is not None:
+            sys.stdout.flush()
+            out.write(data)
+            out.flush()
+        else:  # a text-only stream (an embedding application): escapes instead of raw bytes
+            sys.stdout.write(text.encode("utf-8", "backslashreplace").decode())
+    if odd:
+        how = "JSON holds them as \\udcXX escapes" if a.json else "CSV holds their original bytes"
+        print(f"note: {odd} file or class name(s) are not valid UTF-8; the {how}", file=sys.stderr)
     return 0
 
 
@@ -314,9 +411,16 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (`metassl eval: error: ...; see ...`), as every other error here."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="metassl", description="Few-shot learning: meta-learning and "
-                                 "self-supervised learning, vectorized over tasks.")
+    ap = _Parser(prog="metassl", description="Few-shot learning: meta-learning and "
+                 "self-supervised learning, vectorized over tasks.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a config file or preset")
@@ -429,8 +533,48 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)*=")
+
+
+def _split_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(`key=value` overrides, the other arguments) of one command, wherever the overrides stand: after an option
+    (`--run-dir R train.steps=5`) or after a list flag (`--shots 1 5 learner.eval_inner_steps=10`), where argparse
+    would stop matching positionals or read the override as a flag value. The value of a one-value option
+    (`--out a=b.json`) and an existing file stay where they are."""
+    takes_one = {o for a in parser._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+    overrides, rest = [], []
+    for i, x in enumerate(argv):
+        if x == "--":
+            return overrides, rest + argv[i:]
+        if _OVERRIDE.match(x) and not (rest and rest[-1] in takes_one) and not Path(x).exists():
+            overrides.append(x)
+        else:
+            rest.append(x)
+    return overrides, rest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as a Namespace; `key=value` overrides are accepted anywhere after the command."""
+    ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+    i = next((i for i, x in enumerate(argv) if not x.startswith("-")), None)  # the command
+    moved: list[str] = []
+    if i is not None and argv[i] in commands and any(a.dest == "overrides" for a in commands[argv[i]]._actions):
+        moved, rest = _split_overrides(commands[argv[i]], argv[i + 1:])
+        argv = argv[:i + 1] + rest
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        print(f"metassl {args.command}: error: unrecognized arguments: {' '.join(extra)}; see "
+              f"`metassl {args.command} --help`", file=sys.stderr)
+        raise SystemExit(2)
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides or []) + moved
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return _run(args)
     finally:
@@ -442,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        check_flags(args)
         return args.fn(args)
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact (continue with `metassl train --resume RUN_DIR`)",

@@ -56,7 +56,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     return assign
 
 
-@register_task_source("cactus", CACTUsTaskConfig)
+@register_task_source("cactus", CACTUsTaskConfig, batch="episodes")
 class CACTUsTasks:
     """N-way K-shot tasks from k-means clusters of an earlier encoder's embeddings (CACTUs)."""
 

@@ -75,7 +75,7 @@ class ClassBatch:
         return ClassBatch(self.images.to(device), self.labels.to(device), self.num_classes)
 
 
-@register_task_source("classes", ClassesTaskConfig)
+@register_task_source("classes", ClassesTaskConfig, batch="classes")
 class ClassSource:
     """`tasks.batch_size` labelled images of the training split per step (global labels), drawn on its device."""
 

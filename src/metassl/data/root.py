@@ -1,16 +1,20 @@
 """Where data sets are read from and where decoded copies are cached.
 
 The data root is `--data-root`, else `$METASSL_DATA`, else `~/.cache/metassl/data`. Decoded tensors are cached
-under `$METASSL_CACHE`, else `~/.cache/metassl/cache` -- never inside the data root, which may be read-only.
+under `$METASSL_CACHE`, else `~/.cache/metassl/cache` -- never inside the data root, which may be read-only. The
+cache is optional: when it cannot be read or written (a full disk, a read-only home) the data is decoded again and
+one warning says so; `METASSL_NO_CACHE=1` turns it off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,6 +24,59 @@ from ..atomic import atomic_write_path
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data set's files are missing; the message names what was looked for and where to put it."""
+
+
+class DataFileError(ValueError):
+    """A data set's file exists but cannot be read as what it should be (truncated, corrupt, another format, too
+    large); the message names the file and says what to do."""
+
+
+# what reading a damaged archive, pickle's contents or compressed stream raises (zipfile.BadZipFile, tarfile.TarError,
+# lzma.LZMAError and zlib.error are not OSErrors); none of them names the file
+def _read_errors() -> tuple[type[BaseException], ...]:
+    import lzma
+    import pickle
+    import tarfile
+    import zipfile
+    import zlib
+
+    return (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, zlib.error, pickle.UnpicklingError, EOFError,
+            OSError, MemoryError, KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Errors while reading `path` (as `what`, e.g. "a CIFAR python batch") become one `DataFileError` naming the
+    file; errors that already name it (and a missing data set) pass unchanged."""
+    try:
+        yield
+    except (DatasetNotFoundError, DataFileError):
+        raise
+    except _read_errors() as e:
+        if str(path) in str(e) and isinstance(e, ValueError):
+            raise
+        if isinstance(e, MemoryError):
+            raise DataFileError(f"{path}: not enough memory to read it as {what} (a corrupt file can announce "
+                                f"sizes it does not hold); re-download it or free memory") from e
+        raise DataFileError(f"{path}: cannot read it as {what} ({type(e).__name__}: {e}); the file may be "
+                            f"truncated, corrupt or of another format: re-download it") from e
+
+
+class CacheWarning(UserWarning):
+    """The decoded-data cache could not be used; loading goes on without it."""
+
+
+_warned: set[str] = set()  # cache folders already warned about (one warning per folder and process)
+
+
+def _cache_failed(folder: Path, e: BaseException) -> None:
+    if str(folder) in _warned:
+        return
+    _warned.add(str(folder))
+    reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else f"{type(e).__name__}: {e}"
+    warnings.warn(f"the decoded-data cache {folder} cannot be written ({reason}); continuing without it, so data "
+                  f"sets are decoded again at every start. Free space there, set METASSL_CACHE to a writable folder, "
+                  f"or METASSL_NO_CACHE=1 to turn the cache off", CacheWarning, stacklevel=3)
 
 
 def _user_cache() -> Path:
@@ -65,18 +122,27 @@ def cached_tensors(key: str, sources: list[Path], build: Callable[[], tuple[dict
     folder = cache_dir()
     stem = f"{key}-{fingerprint(sources)}"
     tensor_file, meta_file = folder / f"{stem}.safetensors", folder / f"{stem}.json"
-    if tensor_file.exists() and meta_file.exists():
-        try:
+    try:
+        if tensor_file.is_file() and meta_file.is_file():
             return load_file(str(tensor_file)), json.loads(meta_file.read_text())
-        except Exception:  # a corrupt cache entry is rebuilt, never trusted
-            pass
+    except Exception:  # noqa: BLE001 - a corrupt or unreadable cache entry is rebuilt, never trusted
+        pass
     tensors, meta = build()
+    write_cache(folder, tensor_file, meta_file, tensors, meta)
+    return tensors, meta
+
+
+def write_cache(folder: Path, tensor_file: Path, meta_file: Path, tensors: dict[str, torch.Tensor], meta: dict
+                ) -> bool:
+    """Store one cache entry (tensors first, metadata last: an entry without its metadata is never read). Any
+    failure (a full disk: safetensors raises its own error type, not OSError) warns once and returns False."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write_path(tensor_file) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         with atomic_write_path(meta_file) as tmp:
             tmp.write_text(json.dumps(meta))
-    except OSError:
-        pass  # caching is an optimisation; a read-only home must not break loading
-    return tensors, meta
+        return True
+    except Exception as e:  # noqa: BLE001 - caching is an optimisation; its failure must never stop loading
+        _cache_failed(folder, e)
+        return False

@@ -32,16 +32,19 @@ class TaskSourceSpec:
     factory: Callable[..., TaskSource]
     config: type = TaskConfig  # the `tasks` section when this source is chosen
     description: str = ""
+    # the kind of batch it yields (a key of config.BATCH_KINDS: episodes, views, classes), so a learner that cannot
+    # train on it is refused when the config is read; None: not declared, never refused
+    batch: str | None = None
 
 
-def register_task_source(name: str, config: type = TaskConfig, description: str = ""):
+def register_task_source(name: str, config: type = TaskConfig, description: str = "", batch: str | None = None):
     """Class decorator: registers `factory(task_cfg, split, generator, config=RunConfig, **context)` and the
     config class of its `tasks.*` keys."""
     if not issubclass(config, TaskConfig):
         raise TypeError(f"task source {name!r}: its config class must subclass metassl.config.TaskConfig")
 
     def deco(factory):
-        TASK_SOURCES.add(name, TaskSourceSpec(name, factory, config, description or _first_line(factory)))
+        TASK_SOURCES.add(name, TaskSourceSpec(name, factory, config, description or _first_line(factory), batch))
         return factory
     return deco
 
@@ -57,7 +60,7 @@ def make_task_source(task_cfg: Any, split: ClassSplit, generator: torch.Generato
     return TASK_SOURCES.lookup(name).factory(task_cfg, split, generator, **extra)
 
 
-@register_task_source("labeled")
+@register_task_source("labeled", batch="episodes")
 class LabeledTasks:
     """N-way K-shot Q-query tasks from the split's labels, drawn on the split's device."""
 

@@ -20,7 +20,7 @@ from .episodic import ClassSplit, TaskBatch
 from .task_sources import register_task_source
 
 
-@register_task_source("umtra")
+@register_task_source("umtra", batch="episodes")
 class UMTRATasks:
     def __init__(self, cfg: Any, split: ClassSplit, generator: torch.Generator, config: Any = None, **_: Any):
         total = split.images.shape[0]

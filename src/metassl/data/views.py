@@ -58,7 +58,7 @@ class ViewBatch:
         return ViewBatch(self.views.to(device), None if self.indices is None else self.indices.to(device))
 
 
-@register_task_source("views", ViewsTaskConfig)
+@register_task_source("views", ViewsTaskConfig, batch="views")
 class ViewSource:
     """`tasks.batch_size` images x `tasks.views` augmented views per step, drawn on the split's device."""
 

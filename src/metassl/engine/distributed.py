@@ -55,6 +55,11 @@ def resolve_device(name: str, dist: DistInfo | None = None):
         dev = torch.device(name)
     except RuntimeError as e:
         raise ValueError(f"train.device {name!r} is not a device name (auto, cpu, cuda, cuda:1, mps)") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"train.device {name!r}: metassl runs on cpu, cuda or mps, not {dev.type}; use train.device=auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ValueError(f"train.device is {name!r} but the Apple GPU (MPS) is not available here; use train.device=cpu "
+                         f"or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is {name!r} but CUDA is not available here; use train.device=cpu or auto")
     if dev.type == "cuda" and dev.index is None and dist is not None and dist.active:

@@ -43,17 +43,23 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     model, state = load_model(run, dev, which, overrides)
     cfg = model.config
     data = load_run_split(model, dataset, split, data_root)
-    shot_list = [shots] if isinstance(shots, int) else list(shots or cfg.eval.shots)
+    shot_list = [shots] if isinstance(shots, int) else list(cfg.eval.shots if shots is None else shots)
     results = []
     for k in shot_list:
-        p = Protocol(dataset or cfg.data.dataset, split or cfg.data.test_split, ways or cfg.eval.ways, k,
-                     queries or cfg.eval.queries, episodes or cfg.eval.episodes,
+        p = Protocol(_given(dataset, cfg.data.dataset), _given(split, cfg.data.test_split), _given(ways, cfg.eval.ways), k,
+                     _given(queries, cfg.eval.queries), _given(episodes, cfg.eval.episodes),
                      cfg.eval.seed if seed is None else seed)
-        results.append(evaluate(model.predict, data, p, model.preprocess, batch_episodes or cfg.eval.batch_episodes,
+        results.append(evaluate(model.predict, data, p, model.preprocess, _given(batch_episodes, cfg.eval.batch_episodes),
                                 progress=_counter(progress, p) if progress else None,
                                 part=dist.share(p.episodes) if dist.active else None,
                                 gather=(lambda x: gather_objects(dist, x)) if dist.active else None))
     return model, state, results
+
+
+def _given(value, default):
+    """`value` unless it was not given (None): 0 or "" are values, refused by the protocol's checks, never a silent
+    fallback to the run's config."""
+    return default if value is None else value
 
 
 def _counter(progress: Progress, p: Protocol) -> Callable[[int], None]:
@@ -81,9 +87,9 @@ def evaluate_frozen(run: str | Path, protocol: str, dataset: str | None = None, 
         raise ValueError(f"frozen-encoder protocol must be one of {', '.join(FROZEN_PROTOCOLS)}, got {protocol!r}")
     model, state = load_model(run, resolve_device(device or "auto"), which)
     cfg = model.config
-    ds = dataset or cfg.data.dataset
-    train = load_run_split(model, ds, train_split or cfg.data.train_split, data_root)
-    test = load_run_split(model, ds, split or cfg.data.test_split, data_root)
+    ds = _given(dataset, cfg.data.dataset)
+    train = load_run_split(model, ds, _given(train_split, cfg.data.train_split), data_root)
+    test = load_run_split(model, ds, _given(split, cfg.data.test_split), data_root)
     seed = 0 if seed is None else seed
     if protocol == "knn":
         r = knn_evaluate(model, train, test, ds, k, temperature, max_train, max_test, seed)

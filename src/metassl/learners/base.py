@@ -214,6 +214,8 @@ class LearnerSpec:
     # and which learners' runs fit (empty: any); the trainer names what is needed when the run does not fit
     needs_init_from: bool = False
     init_from_learners: tuple[str, ...] = ()
+    # the batch kinds it trains on (keys of config.BATCH_KINDS); empty: the kind its default source yields
+    accepts: tuple[str, ...] = ()
 
 
 def register_learner(spec_or_name: LearnerSpec | str, config: type | None = None, *, description: str = "",

@@ -152,7 +152,7 @@ def augment_views(spec: AugmentSpec) -> AugmentSpec:
     return spec
 
 
-@register_task_source("psco", ViewsTaskConfig)
+@register_task_source("psco", ViewsTaskConfig, batch="views")
 class PsCoViews(ViewSource):
     """Two views per image for PsCo: view 0 with the run's augmentation (strong; the online network's), view 1 with
     its geometric part only (weak; the momentum network's), as the paper's `--aug strong weak`. Labels are never

@@ -22,7 +22,7 @@ import torch
 from ..episodic import ClassSplit, Preprocess
 from ..images import IMAGE_EXTENSIONS, decode_image, list_images, resize_uint8, stack_hwc
 from ..registry import DatasetSpec, register_dataset
-from ..root import cached_tensors, missing
+from ..root import cached_tensors, missing, reading
 from ..safe_pickle import load_pickle
 
 SPLITS = ("train", "test")
@@ -78,31 +78,34 @@ def read_batch(path: Path, label_keys: tuple[str, ...] = ("labels",)) -> tuple[n
     d = load_pickle(path, encoding="bytes")
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a pickled dict (a CIFAR python batch), got {type(d).__name__}")
-    d = _key_str(d)
-    need = ("data", *label_keys)
-    if any(k not in d for k in need):
-        raise ValueError(f"{path}: a CIFAR batch needs keys {', '.join(map(repr, need))}, found {sorted(d)}")
-    data = np.asarray(d["data"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
-    labels = []
-    for k in label_keys:
-        y = np.asarray(d[k], dtype=np.int64).reshape(-1)
-        if y.shape != (data.shape[0],):
-            raise ValueError(f"{path}: {data.shape[0]} images but {y.size} {k!r}")
-        labels.append(y)
-    return data.reshape(-1, 3, 32, 32), labels
+    with reading(path, "a CIFAR python batch"):  # odd contents (keys of other types, text labels): one line
+        d = _key_str(d)
+        need = ("data", *label_keys)
+        if any(k not in d for k in need):
+            raise ValueError(f"{path}: a CIFAR batch needs keys {', '.join(map(repr, need))}, found "
+                             f"{sorted(map(str, d))}")
+        data = np.asarray(d["data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{path}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+        labels = []
+        for k in label_keys:
+            y = np.asarray(d[k], dtype=np.int64).reshape(-1)
+            if y.shape != (data.shape[0],):
+                raise ValueError(f"{path}: {data.shape[0]} images but {y.size} {k!r}")
+            labels.append(y)
+        return data.reshape(-1, 3, 32, 32), labels
 
 
 def _names_from_meta(path: Path, key: str, expected: int) -> list[str] | None:
     if not path.is_file():
         return None
-    meta = _key_str(load_pickle(path, encoding="bytes"))
-    names = meta.get(key)
-    if names is None or len(names) != expected:
-        raise ValueError(f"{path}: expected {expected} names under {key!r}, found "
-                         f"{'none' if names is None else len(names)}")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    meta = load_pickle(path, encoding="bytes")
+    with reading(path, "the CIFAR batches.meta pickle"):
+        names = _key_str(meta).get(key)
+        if names is None or len(names) != expected:
+            raise ValueError(f"{path}: expected {expected} names under {key!r}, found "
+                             f"{'none' if names is None else len(names)}")
+        return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
 
 
 def _load_batches(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -115,6 +118,7 @@ def _load_batches(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor,
     return torch.from_numpy(images), torch.from_numpy(labels), names
 
 
+MAX_MEMBER_BYTES = 64 << 20  # one image member of an archive; a CIFAR-10 JPEG is about 1 KB
 _MEMBER = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")
 
 
@@ -135,7 +139,7 @@ def _pack(items: list[tuple[int, str, np.ndarray]], size: int) -> tuple[dict[str
 def _load_tar(path: Path, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     def build():
         items = []
-        with tarfile.open(path, "r:*") as tf:
+        with reading(path, "a tar archive of CIFAR-10 images"), tarfile.open(path, "r:*") as tf:
             for m in tf:  # streamed: a solid .tar.xz is decompressed once, front to back
                 if not m.isfile():
                     continue
@@ -143,6 +147,9 @@ def _load_tar(path: Path, split: str, size: int) -> tuple[torch.Tensor, torch.Te
                 if not match or match[1] != split or not m.name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 label = _class_index(match[2], f"{path}:{m.name}")
+                if m.size > MAX_MEMBER_BYTES:  # read whole into memory: a huge member is not a CIFAR image
+                    raise ValueError(f"{path}:{m.name}: {m.size:,} bytes, too large for a CIFAR-10 image; the "
+                                     f"archive is corrupt or not the CIFAR-10 JPEG archive")
                 data = tf.extractfile(m).read()  # type: ignore[union-attr]
                 items.append((label, match[3], decode_image(data, 3, name=f"{path}:{m.name}")))
         if not items:

@@ -23,7 +23,7 @@ import torch
 from ..episodic import ClassSplit, Preprocess
 from ..images import resize_uint8
 from ..registry import DatasetSpec, register_dataset
-from ..root import missing
+from ..root import missing, reading
 from ..safe_pickle import load_pickle
 from .cifar10 import read_batch
 
@@ -56,18 +56,22 @@ def _cifar100(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[st
         images.append(x)
         fine.append(f)
         coarse.append(c)
-    meta = load_pickle(folder / "meta", encoding="bytes")
-    meta = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in dict(meta).items()}
+    meta_file = folder / "meta"
+    meta = load_pickle(meta_file, encoding="bytes")
 
     def names(key: str, n: int) -> list[str]:
         v = meta.get(key)
         if v is None or len(v) != n:
-            raise ValueError(f"{folder / 'meta'}: expected {n} names under {key!r}, found "
+            raise ValueError(f"{meta_file}: expected {n} names under {key!r}, found "
                              f"{'none' if v is None else len(v)}")
         return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in v]
 
-    return (np.concatenate(images), np.concatenate(fine), np.concatenate(coarse), names("fine_label_names", 100),
-            names("coarse_label_names", 20))
+    with reading(meta_file, "the CIFAR-100 meta pickle"):  # odd contents (not a dict, names not a list): one line
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_file}: expected a pickled dict, got {type(meta).__name__}")
+        meta = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in meta.items()}
+        fine_names, coarse_names = names("fine_label_names", 100), names("coarse_label_names", 20)
+    return np.concatenate(images), np.concatenate(fine), np.concatenate(coarse), fine_names, coarse_names
 
 
 def _split_list(root: Path, dataset: str, split: str) -> tuple[list[str], str]:

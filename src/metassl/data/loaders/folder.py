@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..episodic import ClassSplit, Preprocess
-from ..images import IMAGE_EXTENSIONS, ImageReadError, decode_image, list_images, resize_uint8
+from ..images import IMAGE_EXTENSIONS, ImageReadError, decode_image, list_images, open_image, resize_uint8
 from ..registry import DatasetSpec, register_dataset
 from ..root import DatasetNotFoundError, cached_tensors, missing
 
@@ -34,10 +34,10 @@ def class_folders(path: Path) -> list[Path]:
 
 def _probe(path: Path) -> tuple[bool, tuple[int, int]]:
     """(is colour, (height, width)) of an image from its header, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with open_image(path, str(path)) as im:  # a decompression bomb is refused here already, naming the file
             mode, (w, h) = im.mode, im.size
             colour = not (mode in _GRAY_MODES or mode.startswith("I;"))
             if mode in ("P", "PA"):  # a palette image is colour unless its palette is all gray

@@ -23,7 +23,7 @@ import torch
 from ..episodic import ClassSplit, Preprocess
 from ..images import resize_uint8
 from ..registry import DatasetSpec, register_dataset
-from ..root import DatasetNotFoundError, cached_tensors, missing
+from ..root import DatasetNotFoundError, cached_tensors, missing, reading
 from ..safe_pickle import load_pickle
 from .folder import decode_files
 
@@ -88,7 +88,12 @@ def _from_hwc(images: np.ndarray, labels: np.ndarray, names: list[str], split: s
 
 
 def _load_l2l(path: Path, split: str, size: int) -> ClassSplit:
-    d = _str_keys(load_pickle(path, encoding="latin1"), path)
+    d = load_pickle(path, encoding="latin1")
+    with reading(path, "learn2learn's miniImageNet pickle"):  # odd contents (class_dict not a dict, ...): one line
+        return _l2l_split(_str_keys(d, path), path, split, size)
+
+
+def _l2l_split(d: dict, path: Path, split: str, size: int) -> ClassSplit:
     if "image_data" not in d or "class_dict" not in d:
         raise ValueError(f"{path}: expected keys 'image_data' and 'class_dict' (learn2learn format), found {sorted(d)}")
     images = _hwc_images(d["image_data"], path, "image_data")
@@ -102,7 +107,12 @@ def _load_l2l(path: Path, split: str, size: int) -> ClassSplit:
 
 
 def _load_metaoptnet(path: Path, split: str, size: int) -> ClassSplit:
-    d = _str_keys(load_pickle(path, encoding="latin1"), path)
+    d = load_pickle(path, encoding="latin1")
+    with reading(path, "MetaOptNet's miniImageNet pickle"):
+        return _metaoptnet_split(_str_keys(d, path), path, split, size)
+
+
+def _metaoptnet_split(d: dict, path: Path, split: str, size: int) -> ClassSplit:
     if "data" not in d or "labels" not in d:
         raise ValueError(f"{path}: expected keys 'data' and 'labels' (MetaOptNet format), found {sorted(d)}")
     images = _hwc_images(d["data"], path, "data")

@@ -8,6 +8,7 @@ Read from the official IDX files, gzipped or not: `train-images-idx3-ubyte[.gz]`
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -58,37 +59,45 @@ def locate(root: Path) -> Path:
     return _files(root, "test")[0].parent
 
 
-def _read(path: Path) -> bytes:
+MAX_IDX_BYTES = 1 << 31  # MNIST's largest file holds 47 MB; more is a corrupt header or a gzip bomb
+
+
+def _open(path: Path):
     with open(path, "rb") as f:
         head = f.read(2)
-    try:
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read MNIST file {path}: {e}. The file is corrupt or truncated; "
-                         f"re-download it.") from e
+    return gzip.open(path, "rb") if head == b"\x1f\x8b" else open(path, "rb")
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes: magic 2051 gives [N, rows, cols] images, 2049 gives [N] labels."""
-    data = _read(path)
+    """Parse an IDX file of unsigned bytes: magic 2051 gives [N, rows, cols] images, 2049 gives [N] labels. The
+    header is read first and then exactly the bytes it announces, so a gzip bomb is never decompressed whole."""
     ndim = 3 if magic == _IMAGES_MAGIC else 1
-    header = 4 + 4 * ndim
+    header_len = 4 + 4 * ndim
     kind = "images (idx3)" if ndim == 3 else "labels (idx1)"
-    if len(data) < header:
-        raise ValueError(f"{path}: only {len(data)} bytes, too short for an MNIST {kind} IDX header")
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
-        raise ValueError(f"{path}: IDX magic number is {found}, expected {magic} for MNIST {kind}; "
-                         f"is this the right file (images vs labels) and is it intact?")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
+    try:
+        with _open(path) as f:
+            header = f.read(header_len)
+            if len(header) < header_len:
+                raise ValueError(f"{path}: only {len(header)} bytes, too short for an MNIST {kind} IDX header")
+            found = int.from_bytes(header[:4], "big")
+            if found != magic:
+                raise ValueError(f"{path}: IDX magic number is {found}, expected {magic} for MNIST {kind}; "
+                                 f"is this the right file (images vs labels) and is it intact?")
+            dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            want = int(np.prod(dims, dtype=np.int64)) if dims else 0
+            if want > MAX_IDX_BYTES:
+                raise ValueError(f"{path}: the header announces {' x '.join(map(str, dims))} = {want:,} bytes, more "
+                                 f"than any MNIST file; it is corrupt: re-download it")
+            data = f.read(want + 1)  # one byte more: a longer file is as wrong as a shorter one
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"cannot read MNIST file {path}: {e}. The file is corrupt or truncated; "
+                         f"re-download it.") from e
+    if len(data) != want:
+        what = f"more than {want + header_len}" if len(data) > want else f"{len(data) + header_len}"
         raise ValueError(f"{path}: the header announces {' x '.join(map(str, dims))} bytes of data "
-                         f"({expected} bytes in all) but the file holds {len(data)} bytes; it is truncated or corrupt")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+                         f"({want + header_len} bytes in all) but the file holds {what} bytes; it is truncated or "
+                         f"corrupt")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def load(root: Path, split: str, size: int) -> ClassSplit:

@@ -22,7 +22,7 @@ import torch
 from ..episodic import ClassSplit, Preprocess
 from ..images import decode_image, resize_uint8
 from ..registry import DatasetSpec, register_dataset
-from ..root import cached_tensors, missing
+from ..root import cached_tensors, missing, reading
 
 PARTS = ("background", "evaluation")
 VINYALS = ("train", "val", "test", "trainval")
@@ -57,9 +57,12 @@ def locate(root: Path) -> Path:
 
 
 def _read_npz(path: Path) -> tuple[list[str], np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
+    with reading(path, "an Omniglot .npz (arrays alphabet, character, images)"), np.load(path, allow_pickle=False) as z:
         names = [f"{a}/{c}" for a, c in zip(z["alphabet"], z["character"])]
         return names, z["images"]
+
+
+MAX_MEMBER_BYTES = 64 << 20  # one PNG of a zip (read whole into memory); an Omniglot drawing is about 1 KB
 
 
 _PNG = re.compile(r"(?:^|/)images_(?:background|evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$")
@@ -68,10 +71,13 @@ _PNG = re.compile(r"(?:^|/)images_(?:background|evaluation)/([^/]+)/([^/]+)/([^/
 def _read_zip_or_folder(path: Path) -> tuple[list[str], np.ndarray]:
     chars: dict[str, list[tuple[str, np.ndarray]]] = {}
     if path.is_file():
-        with zipfile.ZipFile(path) as z:
+        with reading(path, "a zip of Omniglot PNGs"), zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 m = _PNG.search(info.filename)
                 if m:
+                    if info.file_size > MAX_MEMBER_BYTES:  # a zip bomb member, not a drawing
+                        raise ValueError(f"{path}:{info.filename}: {info.file_size:,} bytes uncompressed, too large "
+                                         f"for an Omniglot drawing; the zip is corrupt or not Omniglot's")
                     img = decode_image(z.read(info), 1, name=f"{path}:{info.filename}")[:, :, 0]
                     chars.setdefault(f"{m[1]}/{m[2]}", []).append((m[3], img))
     else:
