@@ -102,7 +102,7 @@ def _data_root_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..engine.trainer import default_run_dir, load_run_config, train
+    from ..engine.trainer import default_run_dir, load_run_config, prepare_run_dir, train
 
     dist = DistInfo.from_env()
     say = print if dist.is_main else (lambda *x, **k: None)
@@ -119,13 +119,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         if a.run_dir is None and dist.active:
             raise ConfigError("several processes (torchrun) need the same run folder: give --run-dir")
         run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(cfg)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if restarted and (run_dir / "checkpoints" / "latest").is_file():
-                say(f"restart {os.environ['TORCHELASTIC_RESTART_COUNT']} of a torchrun launch: resuming {run_dir}")
-                resume = True
-            elif not restarted:
-                raise ConfigError(f"run folder {run_dir} exists and is not empty: continue it with "
-                                  f"`metassl train --resume {run_dir}` or choose another with --run-dir")
+        # a folder in use (locked), not a run, or a run to --resume is an error; a torchrun restart resumes it
+        resume = prepare_run_dir(run_dir, restarted, dist.is_main, echo=say)
     say(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.active else ""))
     res = train(cfg, run_dir, resume=resume, data_root=a.data_root)
     say(f"trained {res.steps} steps in {res.seconds:.1f} s; final loss {res.final_loss}")
@@ -588,8 +583,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         check_flags(args)
         return args.fn(args)
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact (continue with `metassl train --resume RUN_DIR`)",
+    except KeyboardInterrupt as e:  # the trainer's says at which step and which checkpoint to continue from
+        print(f"metassl {args.command}: {e}" if e.args and str(e) else
+              "interrupted; the last checkpoint is intact (continue with `metassl train --resume RUN_DIR`)",
               file=sys.stderr)
         return 130
     except USER_ERRORS as e:

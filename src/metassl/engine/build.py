@@ -15,7 +15,7 @@ from ..learners.base import EngineOptions, Learner, get_learner
 from ..models import build_backbone, feature_dim
 from ..models.layers import use_global_batch_statistics
 from ..ssl.auxiliary import SelfSupervisedAuxiliary
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, check_finite, open_checkpoint, state_value
 
 Tensors = dict[str, torch.Tensor]
 
@@ -56,9 +56,11 @@ class Model:
         missing, unexpected, bad_shape = tensor_mismatch(tensors, mine)
         if missing or unexpected or bad_shape:
             raise CheckpointError(
-                f"{source} does not match the model built from its config: "
-                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, shape mismatches {bad_shape[:3]}")
+                f"{source}: its tensors do not match the model built from the checkpoint's config "
+                f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, shape mismatches "
+                f"{bad_shape[:3]}): the file is not this checkpoint's model (replaced or renamed?); use another "
+                f"checkpoint of the run or train again")
         with torch.no_grad():
             for k, t in mine.items():
                 t.copy_(tensors[k])
@@ -105,8 +107,8 @@ def init_encoder_from(model: Model, path: str | Path, prefix: str = "encoder.") 
     exception: BatchNorm running statistics of the source are skipped (and reported) when this model keeps none
     (`model.track_running_stats: false`, the MAML family), since such a model normalizes with batch statistics;
     this is what lets a self-supervised encoder initialize MAML."""
-    folder = find_checkpoint(path)
-    tensors, state, _ = load_checkpoint(folder)
+    folder, tensors, state, _ = open_checkpoint(path)
+    check_finite(tensors, folder / "model.safetensors")
     src = {k: v for k, v in tensors.items() if k.startswith(prefix)}
     dst = {k: v for k, v in model.state_tensors().items() if k.startswith(prefix)}
     stats = sorted(k for k in src if k not in dst and k.rsplit(".", 1)[-1] in BN_STATISTICS)
@@ -114,7 +116,7 @@ def init_encoder_from(model: Model, path: str | Path, prefix: str = "encoder.") 
         del src[k]
     missing, unexpected, mismatched = tensor_mismatch(src, dst)
     if missing or unexpected or mismatched:
-        sb = state.get("config", {}).get("model", {})
+        sb = (state.get("config") or {}).get("model", {}) if isinstance(state.get("config"), dict) else {}
         raise CheckpointError(
             f"init_from {folder}: its encoder does not fit this model (source model config {sb}, this model "
             f"{model.config.model}).\n  missing in the source: {missing or 'none'}\n  unexpected in the source: "
@@ -133,16 +135,32 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", which: str 
     """Rebuild a model from a run folder or checkpoint folder, without executing code from the files.
     `learner_overrides` (`learner.key=value`) change how the learner evaluates (e.g. MAML's evaluation inner steps,
     PsCo's `eval_head`); they cannot change which tensors the model has (that would not load)."""
-    folder = find_checkpoint(path, which)
-    tensors, state, _ = load_checkpoint(folder)
-    config = state["config"]
+    folder, tensors, state, _ = open_checkpoint(path, which)  # training.safetensors is for resuming only
+    check_finite(tensors, folder / "model.safetensors")
+    config = state_value(state, "config", dict, folder)
+    image_shape = state_value(state, "image_shape", list, folder)
+    pre = state_value(state, "preprocess", dict, folder)
     if learner_overrides:
         bad = [o for o in learner_overrides if not o.startswith("learner.") or o.startswith("learner.name=")]
         if bad:
             raise ConfigError(f"evaluation overrides must be learner.KEY=VALUE (not learner.name); got {bad}")
         config = apply_overrides(config, list(learner_overrides))
-    cfg = resolve_stored(config)
-    model = build_model(cfg, tuple(state["image_shape"]), Preprocess.from_dict(state["preprocess"]), device)
-    model.load_tensors(tensors, str(folder))
+    try:
+        cfg = resolve_stored(config)
+    except ConfigError as e:
+        if learner_overrides:
+            raise
+        raise CheckpointError(f"{folder / 'state.json'}: its config is not valid ({e}); use another checkpoint of "
+                              f"the run or train again") from e
+    try:
+        preprocess = Preprocess.from_dict(pre)
+        shape = tuple(int(v) for v in image_shape)
+        if len(shape) != 3:
+            raise ValueError(f"image_shape {image_shape} is not [channels, height, width]")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'state.json'}: bad 'preprocess' or 'image_shape' ({e}); use another "
+                              f"checkpoint of the run or train again") from e
+    model = build_model(cfg, shape, preprocess, device)
+    model.load_tensors(tensors, str(folder / "model.safetensors"))
     model.train(False)
     return model, {**state, "checkpoint": str(folder)}

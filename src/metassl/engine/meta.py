@@ -15,6 +15,9 @@ a `ViewBatch` of augmented views) has `num_tasks` and `chunks(n)`, so one path s
   `trial_rounds` timed steps each; the gradients are the same either way, so training is unaffected) and the faster
   path is kept; the choice and the timings are reported through `info` (the trainer prints it and writes a
   `kind: info` row to metrics.jsonl). The learner is never changed: each path is a learner made by `with_options`.
+  The two paths differ in the last bits, so the choice (or, during the trials, the trial steps left and their
+  timings) is part of a run's state: `state_dict()` goes into every checkpoint and `load_state_dict` continues it
+  on resume, so a resumed run takes the same path on every step as an uninterrupted one.
 - amp "bf16": the forward runs under `torch.autocast("cuda", torch.bfloat16)`; on other devices it is ignored with
   a note.
 - compile: the chunk loss is wrapped in `torch.compile`; if compiling fails, the step is redone eagerly and compile
@@ -100,6 +103,29 @@ class StepRunner:
                   f"{mean[other]:.3f} s) on {self.device}",
                   {"event": "path", "path": best, **{f"{p}_s": round(v, 4) for p, v in mean.items()},
                    "device": str(self.device)})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The path choice of `learner.path=auto` ({} otherwise): the path kept, or the trials left and their
+        timings."""
+        if not self.learners or self.options.path != "auto":
+            return {}
+        return {"path": None if self.plan else self.path, "plan": list(self.plan),
+                "timings": {p: list(t) for p, t in self.timings.items()}}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> str | None:
+        """Continue the choice saved by `state_dict` (a resumed run); returns the path restored, if one was chosen.
+        Nothing is reported through `info`: the uninterrupted run reported the choice once, and so does this one."""
+        if not state or not self.learners or self.options.path != "auto":
+            return None
+        plan = [p for p in state.get("plan") or [] if p in PATHS]
+        if not plan and state.get("path") in PATHS:
+            self.plan, self.learner = [], self.learners[state["path"]]
+            return state["path"]
+        if plan:
+            saved = state.get("timings") or {}
+            self.plan = plan
+            self.timings = {p: [float(x) for x in saved.get(p, [])] for p in PATHS}
+        return None
 
     @property
     def path(self) -> str | None:

@@ -3,17 +3,31 @@
 One step: draw a batch of tasks on the device -> preprocess on the device -> learner.loss (a pure function of
 params, buffers and tasks) -> backward -> optimizer step -> learner.update (new buffer values, stored here) -> log;
 every so often validate and checkpoint. Losses are checked for NaN/inf every step on the CPU and when they are
-logged on accelerators; parameters before each checkpoint on accelerators.
+logged on accelerators; parameters and buffers before every checkpoint on every device, so a checkpoint never holds
+NaN weights and the last good one is never overwritten by a diverged step.
+
+A run folder has one writer: the trainer holds its lock (engine/runlock.py) from start to end (rank 0 under
+torchrun), and first cleans what an interrupted write left behind (atomic.clean_leftovers). A run is checkpointed
+every `train.checkpoint_every` steps and every `train.checkpoint_minutes`; resuming restores the tensors, the
+optimizer, every random generator, the vmap/loop choice and the steps of the unfinished logging window, so a
+resumed run and its metrics.jsonl equal an uninterrupted one. `--resume` of a run stopped before its first
+checkpoint starts it again from step 0. SIGTERM (what schedulers send) stops a run like SIGINT; a checkpoint being
+written is finished first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import json
 import os
 import platform
+import shutil
 import signal
 import random
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,14 +47,16 @@ from ..eval.episodes import Protocol, evaluate
 from ..eval.features import embed_images
 from ..eval.knn import KNNMonitor
 from ..learners import LossOutput, get_learner
-from ..atomic import atomic_write_text
+from ..atomic import LEFTOVER, atomic_write_text, clean_leftovers
 from .build import Model, build_model, init_encoder_from
 from .frozen import embed_with_run
-from .checkpoint import find_checkpoint, read_run_learner, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
-from . import distributed
+from .checkpoint import (OTHER, CheckpointError, CheckpointWriteError, check_finite, find_checkpoint, flatten_optimizer,
+                         load_checkpoint, max_abs, non_finite, read_run_learner, save_checkpoint, state_value,
+                         unflatten_optimizer)
+from . import distributed, runlock
 from .allocator import tune_allocator
 from .distributed import DistInfo, resolve_device
-from .logging import RunLogger, plot_learning_curves
+from .logging import RunLogger, plot_learning_curves, read_metrics
 from .meta import StepRunner
 from .optim import lr_factor, make_optimizer, set_lr
 
@@ -87,6 +103,115 @@ def injected_fault(dist: DistInfo) -> int | None:
     return at if dist.rank == rank else None
 
 
+# errors of a write that the user fixes (full disk, quota, read-only or foreign folder): one line, not a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def write_error(e: OSError, run_dir: Path) -> CheckpointWriteError:
+    where = e.filename or run_dir
+    return CheckpointWriteError(f"{where}: cannot write ({e.strerror or e}); free disk space or make {run_dir} "
+                                f"writable, then continue with `metassl train --resume {run_dir}`")
+
+
+def prepare_run_dir(run_dir: str | Path, restarted: bool = False, is_main: bool = True, echo=print) -> bool:
+    """For `metassl train CONFIG --run-dir DIR` (not --resume): whether DIR is to be resumed (a torchrun restart of
+    a run that wrote its config), else nothing, or a ConfigError / RunLockedError for a folder that is in use or
+    holds something else. Only the main process checks: the others follow it (they read the same folder)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not (is_main or restarted):
+        return False
+    if is_main:
+        runlock.check_free(run_dir)  # a live run: say so, rather than "exists"
+    # what a killed write leaves (cleaned at start) and a stale lock do not make a folder "used"
+    entries = [p for p in run_dir.iterdir() if p.name != runlock.LOCK_NAME and not LEFTOVER.fullmatch(p.name)]
+    if not entries:
+        return False
+    if (run_dir / "config.yaml").is_file():
+        if restarted:
+            echo(f"restart {os.environ.get('TORCHELASTIC_RESTART_COUNT', '')} of a torchrun launch: resuming {run_dir}")
+            return True
+        raise ConfigError(f"run folder {run_dir} exists and is not empty: continue it with "
+                          f"`metassl train --resume {run_dir}` or choose another with --run-dir")
+    if restarted:  # the first attempt died before writing its config: start again
+        return False
+    raise ConfigError(f"run folder {run_dir} exists, is not empty and is not a run folder (no config.yaml): "
+                      f"choose another with --run-dir, or empty it")
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a --resume continues: the newest of `latest` and `best` (best is a full checkpoint too, and
+    newer when the run stopped between a validation and the next checkpoint), or None when there is none yet."""
+    try:
+        folder = find_checkpoint(run_dir)
+    except CheckpointError:
+        folder = None
+    ckdir = run_dir / "checkpoints"
+    best = ckdir / "best"
+    if folder is None and not (best / "state.json").is_file() and ckdir.is_dir() and any(
+            p.is_dir() and (p.name == "best" or p.name.startswith("step_")) for p in ckdir.iterdir()):
+        # damaged checkpoints are not silently replaced by a new start (which would prune them)
+        raise CheckpointError(f"{ckdir}: holds checkpoint folders but none is complete (no state.json): move them "
+                              f"away to start the run again from step 0, or restore them")
+    if (best / "training.safetensors").is_file():
+        try:
+            if folder is None or _step_of(best) > _step_of(folder):
+                folder = best
+        except (CheckpointError, OSError, ValueError):
+            pass  # an unreadable best is not a reason to fail: latest (or the error it gives) stands
+    return folder
+
+
+def _step_of(folder: Path) -> int:
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
+class _StopSignals:
+    """SIGTERM (sent by schedulers and torchrun) and SIGINT stop training with KeyboardInterrupt, raised in the main
+    thread; while a checkpoint is written (`deferred`) a signal waits for the write to end, so no write is torn."""
+
+    def __init__(self):
+        self.pending: str | None = None
+        self.depth = 0
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> "_StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old = signal.getsignal(sig)
+                if old is signal.SIG_IGN:
+                    continue  # e.g. SIGINT of a background job: keep ignoring it
+                signal.signal(sig, self._handle)
+                self.previous[sig] = old
+            except (ValueError, OSError):
+                pass
+        return self
+
+    def restore(self) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.depth:
+            self.pending = name
+            return
+        raise KeyboardInterrupt(name)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending:  # only reached when the write succeeded
+            name, self.pending = self.pending, None
+            raise KeyboardInterrupt(name)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -113,6 +238,41 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         self.device = resolve_device(cfg.train.device, self.dist)
         distributed.setup(self.dist, self.device, cfg.train.dist_timeout)
+        self.lock: runlock.RunLock | None = None
+        self.signals: _StopSignals | None = None
+        if self.dist.is_main:  # one writer per run folder (the other processes of a torchrun launch never write)
+            try:
+                self.lock = runlock.acquire(self.run_dir, echo)
+            except runlock.RunLockedError:
+                raise
+            except OSError as e:  # e.g. a read-only folder, or someone else's
+                raise write_error(e, self.run_dir) from e
+        try:
+            self._setup(cfg, resume, data_root)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (the lock). `run()` does it when it ends; call it for a Trainer never run."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self, cfg: RunConfig, resume: bool, data_root: str | None) -> None:
+        echo = self.echo
+        if self.dist.is_main:
+            done = [*clean_leftovers(self.run_dir), *(f"checkpoints/{x}" for x in
+                                                       clean_leftovers(self.run_dir / "checkpoints"))]
+            if done:
+                echo(f"{self.run_dir}: cleaned up after an interrupted write: {', '.join(done[:5])}"
+                     f"{f' and {len(done) - 5} more' if len(done) > 5 else ''}")
+        distributed.barrier(self.dist)  # every process sees the cleaned folder before choosing what to resume
+        resume_from = resume_checkpoint(self.run_dir) if resume else None
+        if resume and resume_from is None:
+            echo(f"{self.run_dir} holds no checkpoint yet (the run stopped before its first one): starting it again "
+                 f"from step 0; its metrics.jsonl is replaced")
+        resume = resume_from is not None
         # the same seed on every process: the same initialization, and the same global batches drawn by each
         seed_everything(cfg.seed)
         root = data_root or cfg.data.root
@@ -156,6 +316,10 @@ class Trainer:
             except ValueError as e:
                 raise ConfigError(f"train.knn_every: {e}") from e
         self.step, self.best_val = 0, None
+        self.window: list[dict[str, Any]] = []  # the steps since the last metrics.jsonl row (saved with a checkpoint)
+        self.elapsed0 = 0.0  # training seconds before this process (a resumed run)
+        self.last_good: tuple[int, Path, float] | None = None  # (step, folder, largest |weight|) of the last checkpoint
+        self.runner_state: dict[str, Any] = {}  # a resumed run's vmap/loop choice (StepRunner.load_state_dict)
         self.param_names = list(self.model.params)
         self.init_report = None
         self.runner: StepRunner | None = None  # chunks, vmap/loop choice, amp, compile: see engine/meta.py
@@ -179,14 +343,35 @@ class Trainer:
                       f"{r['copied']} tensors; not transferred: {len(r['not_transferred'])} "
                       f"({', '.join(r['not_transferred'][:4])}{'...' if len(r['not_transferred']) > 4 else ''})")
         if resume:
-            self._resume()
+            self._resume(resume_from)
         elif self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+                # a new start in a folder of an earlier attempt (stopped before its first checkpoint): a new log
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
+            except OSError as e:
+                raise write_error(e, self.run_dir) from e
+        if resume and self.dist.is_main:
+            self._drop_engine_notes_after(self.step)
         distributed.barrier(self.dist)
-        self.logger = RunLogger(self.run_dir, self.dist, cfg.train.tensorboard, self.step if resume else None)
+        try:
+            self.logger = RunLogger(self.run_dir, self.dist, cfg.train.tensorboard, self.step if resume else None)
+        except OSError as e:
+            raise write_error(e, self.run_dir) from e
         if self.init_report:
             self.logger.log(0, {k: v for k, v in self.init_report.items() if k != "not_transferred"}, kind="info")
+
+    def _drop_engine_notes_after(self, step: int) -> None:
+        """The engine's notes (vmap/loop choice, compile) logged at the resumed step were written while computing the
+        next step, after the checkpoint: the resumed run writes them again, so the old ones go (RunLogger drops the
+        later steps' rows)."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = read_metrics(self.run_dir)
+        kept = [r for r in rows if not (r.get("kind") == "info" and "event" in r and r.get("step") == step)]
+        if len(kept) != len(rows):
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _check_shares(self) -> None:
         """Several processes split each global batch; every process needs a share (and the same shape of work)."""
@@ -212,7 +397,15 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "image_shape": list(self.model.image_shape),
                 "preprocess": self.preprocess.to_dict(), "learner": self.cfg.learner.name,
                 "dataset": self.cfg.data.dataset, "best_val": self.best_val, "param_names": self.param_names,
-                "environment": environment(), "saved_at": datetime.now().isoformat(timespec="seconds")}
+                "environment": environment(), "saved_at": datetime.now().isoformat(timespec="seconds"),
+                # what a resumed run needs to continue exactly: the path choice and the unlogged steps
+                "engine": self.runner.state_dict() if self.runner is not None else self.runner_state,
+                "log_window": [{k: float(v) for k, v in w.items()} for w in self.window],
+                "elapsed_s": round(self.elapsed0 + self._elapsed(), 3)}
+
+    def _elapsed(self) -> float:
+        t0 = getattr(self, "_t0", None)
+        return time.perf_counter() - t0 if t0 is not None else 0.0
 
     def _training_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, rest = flatten_optimizer(self.optimizer.state_dict())
@@ -223,27 +416,78 @@ class Trainer:
         return tensors, rest
 
     def save(self, name: str | None = None) -> Path | None:
+        """Write a checkpoint (rank 0), unless the model or the unchecked losses are not finite: then the last good
+        checkpoint stays the latest and the error says to resume from it."""
+        # checked on every process (they hold the same tensors and losses), so that all of them stop together
+        self._check_finite(self.window)  # accelerators: losses not yet checked (the CPU checks every step)
+        state_tensors = self.model.state_tensors()
+        bad = non_finite(state_tensors)
+        if bad:
+            raise FloatingPointError(
+                f"step {self.step}: {len(bad)} model tensors hold NaN or inf ({', '.join(bad[:3])}"
+                f"{'...' if len(bad) > 3 else ''}) although the loss was finite (check optim.grad_clip, "
+                f"optim.momentum and the learning rates); this step was not saved. {self._recovery()}")
         if not self.dist.is_main:
             return None  # every process holds the same tensors (summed gradients, same updates): rank 0 writes
-        if self.device.type != "cpu":
-            finite = torch.stack([torch.isfinite(p).all() for p in self.model.params.values()]).all()
-            if not bool(finite):
-                self._non_finite(self.step, float("nan"))
+        largest = max_abs(self.model.params)
         tensors, optim_rest = self._training_tensors()
-        state = {**self._state(), "optimizer": optim_rest}
-        return save_checkpoint(self.run_dir, self.step, self.model.state_tensors(), state, tensors,
-                               keep=self.cfg.train.keep_checkpoints, name=name)
+        state = {**self._state(), "optimizer": optim_rest, "max_abs_param": largest}
+        with self.signals.deferred() if self.signals is not None else contextlib.nullcontext():
+            folder = save_checkpoint(self.run_dir, self.step, state_tensors, state, tensors,
+                                     keep=self.cfg.train.keep_checkpoints, name=name)
+            if name is None:  # before a deferred signal stops the run: its message names this checkpoint
+                self.last_good = (self.step, folder, largest)
+                self._last_save = time.monotonic()
+        return folder
 
-    def _resume(self) -> None:
-        folder = find_checkpoint(self.run_dir)
+    def _recovery(self) -> str:
+        """Which checkpoint to resume from after a blow-up, and how."""
+        lr = self.cfg.optim.lr
+        if self.last_good is None:
+            return f"No checkpoint was written yet: train again with a lower optim.lr (e.g. optim.lr={lr / 10:g})."
+        step, folder, largest = self.last_good
+        msg = (f"The last good checkpoint is step {step} ({folder}): resume from it with a lower learning rate, "
+               f"`metassl train --resume {self.run_dir} optim.lr={lr / 10:g}`.")
+        if largest > 1e6:
+            msg += (f" Its weights already reach |w| = {largest:.3g} (the run was diverging): if the resumed run "
+                    f"fails again, delete {folder} to resume from the checkpoint before it.")
+        return msg
+
+    def _resume(self, folder: Path) -> None:
         tensors, state, training = load_checkpoint(folder)
-        self.model.load_tensors(tensors, str(folder))
-        self.optimizer.load_state_dict(unflatten_optimizer(training, state["optimizer"]))
-        self.generator.set_state(training["rng.sampler"])
-        torch.set_rng_state(training["rng.torch"])
-        if "rng.cuda" in training and self.device.type == "cuda":
-            torch.cuda.set_rng_state(training["rng.cuda"], self.device)
+        tf = folder / "training.safetensors"
+        if not tf.is_file():
+            raise CheckpointError(f"{tf}: missing; resuming needs the optimizer and random-generator states it holds: "
+                                  f"{OTHER} (init_from={folder} starts a new run from its weights)")
+        check_finite(tensors, folder / "model.safetensors")
+        self.model.load_tensors(tensors, str(folder / "model.safetensors"))
+        for key in ("rng.sampler", "rng.torch"):
+            if key not in training:
+                raise CheckpointError(f"{tf}: has no {key!r} tensor, so it is not a metassl training state (damaged or "
+                                      f"replaced by another file); {OTHER}")
+        optim_rest = state_value(state, "optimizer", dict, folder)
+        try:
+            saved = unflatten_optimizer(training, optim_rest)
+            params = list(self.model.params.values())
+            for i, st in saved["state"].items():
+                for k, v in st.items():
+                    if torch.is_tensor(v) and v.ndim and tuple(v.shape) != tuple(params[i].shape):
+                        raise ValueError(f"optimizer state {k!r} of parameter {i} has shape {tuple(v.shape)}, "
+                                         f"the parameter {tuple(params[i].shape)}")
+            self.optimizer.load_state_dict(saved)
+            self.generator.set_state(training["rng.sampler"])
+            torch.set_rng_state(training["rng.torch"])
+            if "rng.cuda" in training and self.device.type == "cuda":
+                torch.cuda.set_rng_state(training["rng.cuda"], self.device)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{tf}: does not fit this run's optimizer or random generators ({e}); {OTHER}") from e
         self.step, self.best_val = int(state["step"]), state.get("best_val")
+        self.runner_state = state.get("engine") or {}
+        window = state.get("log_window") or []
+        self.window = [{k: v if k == "lr" else torch.tensor(v, dtype=torch.float32, device=self.device)
+                        for k, v in w.items()} for w in window if isinstance(w, dict)]
+        self.elapsed0 = float(state.get("elapsed_s") or 0.0)
+        self.last_good = (self.step, folder, float(state.get("max_abs_param") or 0.0))
         self.echo(f"resuming {self.run_dir} from step {self.step} ({folder.name})")
 
     # -- steps -------------------------------------------------------------------------------------------------
@@ -257,8 +501,13 @@ class Trainer:
         batch = batch.map_images(self.preprocess)
         self.model.train(True)
         if self.runner is None:
+            resumed = bool(self.runner_state) or self.step > 0
             self.runner = StepRunner(self.model, self.device, lambda msg, values: (
-                self.echo(msg), self.logger.log(self.step, values, kind="info")))
+                self.echo(msg), None if resumed and values.get("event") == "amp" else  # noted once, at step 0
+                self.logger.log(self.step, values, kind="info")))
+            path = self.runner.load_state_dict(self.runner_state)
+            if path:
+                self.echo(f"learner.path=auto: using {path}, as chosen before the resume")
         self.optimizer.zero_grad(set_to_none=True)
         out = self.runner(batch, total, self.dist.world_size)  # forward and backward of this process's share
         if self.dist.active:  # sum the shares: the gradient, loss and metrics of the global batch
@@ -311,11 +560,10 @@ class Trainer:
     def _non_finite(self, step: int, value: float) -> None:
         inner = " (or learner.inner_lr)" if hasattr(self.cfg.learner, "inner_steps") else ""
         raise FloatingPointError(f"step {step}: the loss is {value}; lower optim.lr{inner} or set optim.grad_clip. "
-                                 f"The last checkpoint is intact: resume with --resume.")
+                                 f"{self._recovery()}")
 
     def _check_finite(self, window: list[dict[str, Any]]) -> None:
-        """Accelerators: the first non-finite loss of the window (one device sync), and before a checkpoint the
-        parameters, so that a checkpoint never holds NaN weights."""
+        """Accelerators: the first non-finite loss of the window (one device sync); `save` checks the tensors."""
         if self.device.type == "cpu" or not window:
             return
         i = first_non_finite([w["loss"] for w in window])
@@ -333,32 +581,61 @@ class Trainer:
         self.model.train(True)
         return {"accuracy": r.accuracy, "ci95": r.ci95, "protocol": p.tag, "f1": r.metrics["f1"]["mean"]}
 
+    def _checkpoint_due(self) -> bool:
+        """`train.checkpoint_minutes` since the last checkpoint (or the start): a kill costs minutes, not hours."""
+        minutes = self.cfg.train.checkpoint_minutes
+        return bool(minutes) and time.monotonic() - self._last_save >= 60.0 * minutes
+
     def run(self) -> TrainResult:
+        """Train to `train.steps`. SIGTERM and SIGINT stop it with a KeyboardInterrupt saying which checkpoint to
+        continue from; a write that fails (full disk, read-only folder) is a one-line CheckpointWriteError."""
+        self.signals = _StopSignals().install()
+        if self.lock is not None:
+            self.lock.active = True
+        try:
+            return self._run()
+        except KeyboardInterrupt as e:
+            how = f"interrupted by {e.args[0]}" if e.args and str(e.args[0]).startswith("SIG") else "interrupted"
+            where = (f"checkpoint step {self.last_good[0]} is intact: continue with `metassl train --resume "
+                     f"{self.run_dir}`" if self.last_good else
+                     f"no checkpoint was written yet: `metassl train --resume {self.run_dir}` starts it again")
+            raise KeyboardInterrupt(f"{how} at step {self.step}; {where}") from None
+        except OSError as e:
+            if e.errno in WRITE_ERRNOS:
+                raise write_error(e, self.run_dir) from e
+            raise
+        finally:
+            self.signals.restore()
+            self.signals = None
+            self.close()
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         total = cfg.train.steps
         t0, last, history = time.perf_counter(), None, []
+        self._t0, self._last_save = t0, time.monotonic()
         bar = None
         if self.dist.is_main and cfg.train.progress and self.step < total:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                        mininterval=0.5 if sys.stderr.isatty() else 15.0, file=sys.stderr)
-        window: list[dict[str, float]] = []
         try:
             fault = injected_fault(self.dist)
             while self.step < total:
                 if self.step == fault:
                     os.kill(os.getpid(), signal.SIGKILL)
                 m = self.train_step()
-                window.append(m)
+                self.window.append(m)
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == total:
+                    window = self.window
                     self._check_finite(window)
                     avg = {k: float(sum(w[k] for w in window)) / len(window) for k in m  # accuracy: absent for SSL
                            if k != "lr" and all(k in w for w in window)}
                     avg["lr"] = m["lr"]
-                    avg["elapsed_s"] = round(time.perf_counter() - t0, 2)
+                    avg["elapsed_s"] = round(self.elapsed0 + time.perf_counter() - t0, 2)
                     self.logger.log(self.step, avg)
                     self._diagnose(avg)
                     history.append({"step": self.step, **avg})
@@ -368,7 +645,7 @@ class Trainer:
                         if "accuracy" in avg:
                             post["acc"] = f"{100 * avg['accuracy']:.1f}%"
                         bar.set_postfix(**post)
-                    window = []
+                    self.window = []
                 if self.knn is not None and (self.step % cfg.train.knn_every == 0 or self.step == total):
                     k = self.knn()
                     self.logger.log(self.step, k, kind="knn")
@@ -387,7 +664,7 @@ class Trainer:
                         self.save(name="best")
                 if self.step == total:
                     self._summarize_training_split()
-                if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == total or self._checkpoint_due():
                     self.save()
         finally:
             if bar is not None:
@@ -397,7 +674,10 @@ class Trainer:
             self._summarize_training_split()
             self.save()
         if self.dist.is_main:
-            plot_learning_curves(self.run_dir)
+            try:
+                plot_learning_curves(self.run_dir)
+            except Exception as e:  # noqa: BLE001 - a figure is not worth losing the run's end over
+                warnings.warn(f"learning curves not drawn: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
         distributed.barrier(self.dist)  # the other processes read the run only once rank 0 has written it
         return TrainResult(self.run_dir, self.step, time.perf_counter() - t0, last, self.best_val, history)
 
@@ -417,4 +697,12 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
-    return resolve_stored(apply_overrides(yaml.safe_load(path.read_text()), overrides or []))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot be read as YAML ({str(e).splitlines()[0][:200]}); restore it from "
+                          f"the config in any checkpoint's state.json, or start a new run") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: holds a {type(raw).__name__}, not a config mapping; restore it from the config "
+                          f"in any checkpoint's state.json, or start a new run")
+    return resolve_stored(apply_overrides(raw, overrides or []))
