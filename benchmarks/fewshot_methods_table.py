@@ -87,6 +87,25 @@ def write_table(methods: list[dict], out: Path, path: Path, notes: dict[str, str
                    "All raw numbers (each run's accuracy, CI, F1, ROC-AUC and the paired statistics) are in "
                    "`results/fewshot_methods/*.json`; `python benchmarks/fewshot_methods.py --table` rewrites this "
                    "page from them."]
+    footer += ["", "## miniImageNet and CIFAR-FS", "",
+               "Not yet run: **data not available here** (no miniImageNet or CIFAR-FS files on this machine; both "
+               "loaders exist, see `metassl datasets`). Commands, once the data is under `$METASSL_DATA` (each "
+               "method's Omniglot preset with the data set swapped; the papers' miniImageNet backbones, e.g. "
+               "ResNet-12 for MetaOptNet, FEAT and Meta-Baseline, are `model.backbone=resnet12`):", "",
+               "```bash",
+               "for m in protonet matchingnet relationnet r2d2 metaoptnet baseline baseline_pp simpleshot feat "
+               "protomaml boil mamlpp; do",
+               "  metassl train omniglot/${m}_5w1s data.dataset=miniimagenet data.train_split=train "
+               "data.val_split=null data.test_split=test --run-dir runs/mini/$m",
+               "  metassl eval runs/mini/$m --ways 5 --shots 1 5 --episodes 600 --seed 0 --json --per-episode "
+               "--out results/fewshot_methods/mini_${m}.json",
+               "done",
+               "metassl train omniglot/meta_baseline_5w1s data.dataset=miniimagenet data.train_split=train "
+               "data.val_split=null data.test_split=test init_from=runs/mini/baseline --run-dir runs/mini/meta_baseline",
+               "metassl compare runs/mini/protonet runs/mini/* --dataset miniimagenet --split test --ways 5 --shots 1 "
+               "--episodes 600",
+               "# CIFAR-FS: the same with data.dataset=cifar_fs",
+               "```"]
     if notes:
         footer += ["", "## Notes", ""] + [f"- **{NAMES.get(k, k)}**: {v}" for k, v in notes.items()]
     path.write_text("\n".join(header + lines + footer) + "\n")
