@@ -102,7 +102,7 @@ def write_table(methods: list[dict], out: Path, path: Path, notes: dict[str, str
                "done",
                "metassl train omniglot/meta_baseline_5w1s data.dataset=miniimagenet data.train_split=train "
                "data.val_split=null data.test_split=test init_from=runs/mini/baseline --run-dir runs/mini/meta_baseline",
-               "metassl compare runs/mini/protonet runs/mini/* --dataset miniimagenet --split test --ways 5 --shots 1 "
+               "metassl compare runs/mini/protonet $(ls -d runs/mini/* | grep -v /protonet$) --dataset miniimagenet --split test --ways 5 --shots 1 "
                "--episodes 600",
                "# CIFAR-FS: the same with data.dataset=cifar_fs",
                "```"]
