@@ -26,7 +26,8 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 #: folders whose every module is imported by `discover` (lower layers first, so a plugin may use a lower one's names)
-PLUGIN_PACKAGES = ("metassl.data", "metassl.data.loaders", "metassl.models", "metassl.learners", "metassl.ssl")
+PLUGIN_PACKAGES = ("metassl.data", "metassl.data.loaders", "metassl.models", "metassl.learners", "metassl.ssl",
+                   "metassl.eval.transductive")
 ENTRY_POINT_GROUP = "metassl.plugins"
 
 
@@ -96,6 +97,8 @@ TASK_SOURCES: Registry = Registry("task source", "tasks.source")
 AUGMENTATIONS: Registry = Registry("augmentation preset", "augment.preset")
 #: config sections owned by a lower layer (e.g. `augment`, by the augmentation module): name -> dataclass
 SECTIONS: Registry = Registry("config section")
+#: transductive inference methods (`metassl eval --transductive NAME`): name -> eval.transductive.TransductiveSpec
+TRANSDUCTIVE: Registry = Registry("transductive method", "--transductive")
 
 _state = {"done": False, "running": False}
 

@@ -169,6 +169,15 @@ class _EvalBars:
         self.bar, self.tag = None, None
 
 
+def _transductive_args(p: argparse.ArgumentParser, what: str, nargs: str | None = None) -> None:
+    p.add_argument("--transductive", metavar="NAME", nargs=nargs, help=f"{what}: tim, ptmap, bdcspn, "
+                   "laplacianshot, softkmeans, finetune (metassl.eval.transductive) or a plugin's; ptmap and tim "
+                   "assume balanced query classes (options unbalanced=true / marginal_weight=0)")
+    p.add_argument("--transductive-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the transductive method, e.g. n_iter=30 or unbalanced=true (repeat the flag "
+                   "for several; the options are the fields of the method's config class)")
+
+
 def _progress(show: bool) -> _EvalBars | None:
     return _EvalBars() if show and sys.stderr.isatty() else None
 
@@ -180,6 +189,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if protocol != "fewshot" and getattr(a, "overrides", None):
         raise ConfigError(f"learner overrides {a.overrides} apply to few-shot evaluation only; the {protocol} "
                           f"protocol reads the frozen encoder")
+    if protocol != "fewshot" and getattr(a, "transductive", None):
+        raise ConfigError(f"--transductive {a.transductive} applies to few-shot evaluation only, not to the "
+                          f"{protocol} protocol; drop --protocol or --transductive")
     if protocol in FROZEN_PROTOCOLS:  # kNN / linear probe on frozen features
         model, state, r = evaluate_frozen(a.run, protocol, a.dataset, a.split, a.train_split, a.data_root, a.which,
                                           a.device, a.k, a.temperature, a.max_train, a.max_test, a.seed,
@@ -198,7 +210,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     model, state, results = evaluate_run(a.run, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed,
                                          a.data_root, a.which, a.device, a.batch_episodes,
                                          progress=_progress(not a.json and main_process),
-                                         overrides=getattr(a, "overrides", None))
+                                         overrides=getattr(a, "overrides", None),
+                                         transductive=getattr(a, "transductive", None),
+                                         transductive_options=_transductive_options(a))
     if not main_process:  # under torchrun every process has the same results; one prints them
         return 0
     paper = model.config.eval.paper
@@ -211,7 +225,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         d["step"] = state["step"]
         rows.append(d)
         if not a.json:
-            ref = f"   (paper: {paper[r.tag]})" if r.tag in paper else ""
+            kind = "paper, inductive" if r.protocol.get("transductive") else "paper"  # the preset's number
+            ref = f"   ({kind}: {paper[r.tag]})" if r.tag in paper else ""
             print(r.line() + ref)
     if a.json:
         print(to_json(rows[0] if len(rows) == 1 else rows))
@@ -222,12 +237,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _transductive_options(a: argparse.Namespace) -> dict | None:
+    """`--transductive-option KEY=VALUE ...` as a dict; refused without `--transductive`."""
+    items = getattr(a, "transductive_option", None)
+    if not items:
+        return None
+    if not getattr(a, "transductive", None):
+        raise ConfigError(f"--transductive-option {' '.join(items)} needs --transductive NAME (see "
+                          f"`metassl eval --help` for the methods)")
+    from ..eval.transductive import parse_options
+
+    return parse_options(items)
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from ..engine.evaluate import compare_runs
 
     main_process = DistInfo.from_env().is_main
     rows = compare_runs(a.runs, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed, a.data_root,
-                        a.which, a.device, a.batch_episodes, progress=_progress(not a.json and main_process))
+                        a.which, a.device, a.batch_episodes, progress=_progress(not a.json and main_process),
+                        transductive=getattr(a, "transductive", None),
+                        transductive_options=_transductive_options(a))
     if not main_process:
         return 0
     dicts = [r.to_dict() for r in rows]
@@ -248,16 +278,21 @@ def comparison_table(rows) -> str:
     p = rows[0].result.protocol
     lines = [f"{p['dataset']}/{p['split']} {p['ways']}-way {p['shots']}-shot, {p['episodes']} episodes "
              f"({p['queries']} queries per class, seed {p['seed']}); every run on the same episodes",
+             *([f"transductive rows (learner+METHOD) classify each episode's {p['ways'] * p['queries']} queries "
+                f"together (balanced: {p['queries']} per class); the others one by one"]
+               if any(r.result.protocol.get("transductive") for r in rows) else []),
              f"{'run':<40} {'learner':<14} {'accuracy %':>14}   {'vs first (points)':>17} {'wins/losses':>12} "
              f"{'t-test p':>9} {'Wilcoxon p':>10}"]
     for r in rows:
         acc = f"{r.result.accuracy:.2f} ± {r.result.ci95:.2f}"
+        method = r.result.protocol.get("transductive")
+        learner = f"{r.learner}+{method}" if method else r.learner
         name = r.run if len(r.run) <= 40 else "..." + r.run[-37:]
         if r.paired is None:
-            lines.append(f"{name:<40} {r.learner:<14} {acc:>14}   {'(reference)':>17}")
+            lines.append(f"{name:<40} {learner:<14} {acc:>14}   {'(reference)':>17}")
         else:
             c = r.paired
-            lines.append(f"{name:<40} {r.learner:<14} {acc:>14}   {c.mean_difference:+8.2f} ± {c.ci95:5.2f} "
+            lines.append(f"{name:<40} {learner:<14} {acc:>14}   {c.mean_difference:+8.2f} ± {c.ci95:5.2f} "
                          f"{f'{c.wins}/{c.losses}':>12} {c.t_pvalue:9.2g} {c.wilcoxon_pvalue:10.2g}")
     return "\n".join(lines)
 
@@ -460,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--seed)")
     p.add_argument("--max-test", type=int, help="knn/linear: at most this many test images")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="linear: L2 penalty of the probe")
+    _transductive_args(p, "classify each episode's queries together with this transductive method on the "
+                       "encoder's features")
     _data_root_arg(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -478,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
     p.add_argument("--out", help="also write the JSON to this file")
+    _transductive_args(p, "one method for every run, or one per run (none: inductive), e.g. `compare R R "
+                       "--transductive none ptmap` for the paired gain of PT-MAP", nargs="+")
     _data_root_arg(p)
     p.set_defaults(fn=cmd_compare)
 

@@ -14,6 +14,8 @@ from ..eval.episodes import Protocol, evaluate
 from ..eval.knn import knn_evaluate
 from ..eval.linear import linear_evaluate
 from ..eval.result import EvalResult
+from ..eval.transductive import method_config, transductive_predict
+from ..config import to_plain
 from .allocator import tune_allocator
 from .build import Model, load_model
 from .distributed import DistInfo, gather_objects, resolve_device, setup
@@ -31,11 +33,17 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
                  shots: int | Sequence[int] | None = None, queries: int | None = None, episodes: int | None = None,
                  seed: int | None = None, data_root: str | None = None, which: str = "latest",
                  device: str | None = None, batch_episodes: int | None = None, progress: Progress | None = None,
-                 overrides: list[str] | None = None) -> tuple[Model, dict, list[EvalResult]]:
+                 overrides: list[str] | None = None, transductive: str | None = None,
+                 transductive_options: dict | None = None) -> tuple[Model, dict, list[EvalResult]]:
     """Few-shot accuracy of a run or checkpoint on fixed episodes, one result per shot count. Every protocol value
     not given comes from the run's config (`data.dataset`, `data.test_split`, the `eval` section); `overrides`
     (`learner.KEY=VALUE`) change how the learner evaluates. `progress` (None or False: none) is called as
-    progress(protocol, episodes_done) after each batch of episodes. Returns (model, checkpoint state, results)."""
+    progress(protocol, episodes_done) after each batch of episodes. `transductive` (a name registered in
+    `metassl.registry.TRANSDUCTIVE`, e.g. "ptmap") classifies each episode's queries with that transductive method
+    on the encoder's features (options: `transductive_options`, e.g. {"n_iter": 30}) instead of the learner's own
+    classifier; the protocol of each result then records the method, its options, the query-set size and its class
+    balance. Returns (model, checkpoint state, results)."""
+    method_cfg = None if transductive is None else method_config(transductive, transductive_options)  # fail early
     tune_allocator()
     dist = DistInfo.from_env()
     dev = resolve_device(device or "auto", dist)
@@ -44,15 +52,23 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     cfg = model.config
     data = load_run_split(model, dataset, split, data_root)
     shot_list = [shots] if isinstance(shots, int) else list(cfg.eval.shots if shots is None else shots)
+    predict = model.predict
+    if transductive is not None:
+        predict = transductive_predict(model.learner, model.params, model.buffers, transductive,
+                                       transductive_options)
     results = []
     for k in shot_list:
         p = Protocol(_given(dataset, cfg.data.dataset), _given(split, cfg.data.test_split), _given(ways, cfg.eval.ways), k,
                      _given(queries, cfg.eval.queries), _given(episodes, cfg.eval.episodes),
                      cfg.eval.seed if seed is None else seed)
-        results.append(evaluate(model.predict, data, p, model.preprocess, _given(batch_episodes, cfg.eval.batch_episodes),
-                                progress=_counter(progress, p) if progress else None,
-                                part=dist.share(p.episodes) if dist.active else None,
-                                gather=(lambda x: gather_objects(dist, x)) if dist.active else None))
+        r = evaluate(predict, data, p, model.preprocess, _given(batch_episodes, cfg.eval.batch_episodes),
+                     progress=_counter(progress, p) if progress else None,
+                     part=dist.share(p.episodes) if dist.active else None,
+                     gather=(lambda x: gather_objects(dist, x)) if dist.active else None)
+        if transductive is not None:
+            r.protocol.update(transductive=transductive, transductive_options=to_plain(method_cfg),
+                              query_set_size=p.ways * p.queries, query_balance=f"balanced ({p.queries} per class)")
+        results.append(r)
     return model, state, results
 
 
@@ -117,15 +133,20 @@ def compare_runs(runs: Sequence[str | Path], dataset: str | None = None, split: 
                  ways: int | None = None, shots: int | None = None, queries: int | None = None,
                  episodes: int | None = None, seed: int | None = None, data_root: str | None = None,
                  which: str = "latest", device: str | None = None, batch_episodes: int | None = None,
-                 progress: Progress | None = None) -> list[RunComparison]:
+                 progress: Progress | None = None, transductive: str | Sequence[str | None] | None = None,
+                 transductive_options: dict | None = None) -> list[RunComparison]:
     """Evaluate every run on the same episodes and compare each with the first (`eval.compare`). Protocol values
-    not given come from the first run's config and are then used for every run, so all see identical episodes."""
+    not given come from the first run's config and are then used for every run, so all see identical episodes.
+    `transductive`: one method name for every run, or one per run (None or "none": the run's inductive
+    classifier), e.g. (RUN, RUN) with (None, "ptmap") gives the paired gain of PT-MAP on the same encoder."""
     if len(runs) < 2:
         raise ValueError(f"compare needs at least two runs, got {len(runs)}")
+    methods = _per_run_methods(transductive, len(runs))
     out: list[RunComparison] = []
     for i, run in enumerate(runs):
         model, state, results = evaluate_run(run, dataset, split, ways, shots, queries, episodes, seed, data_root,
-                                             which, device, batch_episodes, progress)
+                                             which, device, batch_episodes, progress, transductive=methods[i],
+                                             transductive_options=transductive_options if methods[i] else None)
         r = results[0]
         if i == 0:  # the first run fixes every protocol value for the others
             p = r.protocol
@@ -136,3 +157,17 @@ def compare_runs(runs: Sequence[str | Path], dataset: str | None = None, split: 
     for c, pc in zip(out, paired):
         c.paired = pc
     return out
+
+
+def _per_run_methods(transductive: str | Sequence[str | None] | None, n: int) -> list[str | None]:
+    """One transductive method (or None: inductive) per run, from one name for all or one per run."""
+    if transductive is None or isinstance(transductive, str):
+        names = [transductive] * n
+    else:
+        names = list(transductive)
+        if len(names) == 1:
+            names = names * n
+        if len(names) != n:
+            raise ValueError(f"--transductive: give one method for every run or one per run ({n} runs), got "
+                             f"{len(names)}: {names}")
+    return [None if m in (None, "none", "") else m for m in names]

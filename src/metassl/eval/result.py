@@ -15,7 +15,9 @@ class EvalResult:
 
     `protocol` names the protocol and everything needed to repeat it: `{"name": "fewshot", "dataset", "split",
     "ways", "shots", "queries", "episodes", "seed"}`, or `{"name": "knn" | "linear", ...}` with the settings, splits
-    and subset sizes. `ci95` is nan where no confidence interval is defined (kNN, linear probe: one number over the
+    and subset sizes; a transductive few-shot result adds `transductive` (the method), `transductive_options`,
+    `query_set_size` and `query_balance`, since its accuracy depends on the query set.
+    `ci95` is nan where no confidence interval is defined (kNN, linear probe: one number over the
     test set). `metrics` holds the other measurements, each `{"mean", "ci95"}` (few-shot: accuracy in percent and
     precision / recall / F1 / ROC-AUC as fractions; linear probe: `train_accuracy` in percent)."""
 
@@ -60,9 +62,13 @@ class EvalResult:
         """One line for people: the protocol, then the accuracy (± CI where defined) and the main other metrics."""
         p, m = self.protocol, self.metrics
         if self.name == "fewshot":
+            how = ""
+            if p.get("transductive"):  # transductive accuracy depends on the query set: say which one
+                how = (f", transductive {p['transductive']} on query sets of {p.get('query_set_size', '?')} images, "
+                       f"{p.get('query_balance', 'balance not recorded')}")
             return (f"{p['dataset']}/{p['split']} {p['ways']}-way {p['shots']}-shot ({p['episodes']} episodes, "
-                    f"{p['queries']} queries, seed {p['seed']}): accuracy {self.accuracy:.2f} ± {self.ci95:.2f}%  "
-                    f"F1 {m['f1']['mean']:.3f}  ROC-AUC {m['roc_auc']['mean']:.3f}")
+                    f"{p['queries']} queries, seed {p['seed']}{how}): accuracy {self.accuracy:.2f} ± "
+                    f"{self.ci95:.2f}%  F1 {m['f1']['mean']:.3f}  ROC-AUC {m['roc_auc']['mean']:.3f}")
         if self.name == "knn":
             return (f"{p['dataset']} kNN (k={p['k']}, T={p['temperature']}, cosine; memory bank {p['train_split']} "
                     f"{p['train_size']} images, queries {p['test_split']} {p['test_size']}): "

@@ -1,0 +1,71 @@
+"""TIM: transductive information maximization (Boudiaf, Ziko, Rony, Dolz, Piantanida, Ben Ayed, "Information
+Maximization for Few-Shot Learning", NeurIPS 2020), the TIM-GD solver.
+
+Features are L2-normalized; a linear classifier W [T, N, D] (initialized at the support class means) gives
+logits -temperature/2 * ||z - w_c||^2 and probabilities p = softmax. Adam minimizes, per episode,
+
+    ce_weight * CE(support) - (marginal_weight * H(Y_q) - conditional_weight * H(Y_q | X_q))
+
+with H(Y_q) the entropy of the mean query prediction (this term assumes balanced query classes: set
+marginal_weight=0 for a query set with unknown or skewed class proportions) and H(Y_q|X_q) the mean per-query
+entropy. Defaults are the authors' TIM-GD settings (temperature 15, weights [0.1, 1.0, 0.1], Adam lr 1e-4, 1000
+iterations; checked against mboudiaf/TIM, src/tim.py config and scripts/evaluate/tim_gd/mini.sh). The paper's
+alternative solver TIM-ADM is not implemented. The optional unlabeled pool joins the query terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...config import option
+from . import entropy, l2n, one_hot, pool, prototypes, register_transductive, sq_distances
+
+
+@dataclass
+class TIMConfig:
+    iters: int = option(1000, range=(0, 100000), help="Adam iterations (TIM-GD: 1000)")
+    lr: float = option(1e-4, range=(0.0, None), help="Adam learning rate")
+    temperature: float = option(15.0, range=(1e-6, None), help="logits are -temperature/2 * squared distance")
+    ce_weight: float = option(0.1, range=(0.0, None), help="weight of the support cross-entropy (lambda)")
+    marginal_weight: float = option(1.0, range=(0.0, None), help="weight of the query marginal entropy H(Y); it "
+                                    "assumes balanced query classes: 0 for unbalanced query sets")
+    conditional_weight: float = option(0.1, range=(0.0, None), help="weight of the query conditional entropy "
+                                       "H(Y|X) (alpha)")
+
+
+def tim_logits(w, z, temperature):
+    return -0.5 * temperature * sq_distances(z, w)
+
+
+def tim_objective(w, support_z, support_y, query_z, ways, cfg) -> torch.Tensor:
+    """Per-episode TIM objective [T] (to minimize) of classifier weights w [T, N, D] on normalized features."""
+    ce = -(one_hot(support_y, ways, w.dtype) * torch.log_softmax(tim_logits(w, support_z, cfg.temperature), -1)
+           ).sum(-1).mean(1)
+    p = torch.softmax(tim_logits(w, query_z, cfg.temperature), -1)
+    marginal = entropy(p.mean(1))
+    conditional = entropy(p).mean(1)
+    return cfg.ce_weight * ce - (cfg.marginal_weight * marginal - cfg.conditional_weight * conditional)
+
+
+def fit(support_z, support_y, query_z, ways, cfg):
+    """TIM-GD weights [T, N, D] (features already normalized)."""
+    w = prototypes(support_z, support_y, ways).detach().clone().requires_grad_(True)
+    zs, zq = support_z.detach(), query_z.detach()
+    with torch.enable_grad():
+        opt = torch.optim.Adam([w], lr=cfg.lr)
+        for _ in range(cfg.iters):
+            opt.zero_grad()
+            tim_objective(w, zs, support_y, zq, ways, cfg).sum().backward()  # episodes are independent
+            opt.step()
+    return w.detach()
+
+
+@register_transductive("tim", TIMConfig, assumes_balanced=True,
+                       description="TIM-GD (Boudiaf et al. 2020): mutual-information maximization on the queries; "
+                       "its marginal-entropy term assumes balanced query classes (marginal_weight=0 for unbalanced)")
+def run(support_z, support_y, query_z, ways, unlabeled_z, cfg):
+    zs, zq = l2n(support_z), l2n(query_z)
+    w = fit(zs, support_y, l2n(pool(query_z, unlabeled_z)), ways, cfg)
+    return torch.log_softmax(tim_logits(w, zq, cfg.temperature), -1)
