@@ -1,8 +1,8 @@
 """Short CPU runs of every few-shot method on Omniglot, each compared with ProtoNet on the same fixed episodes.
 
 For each method: `metassl train <preset> train.steps=N train.threads=1 ...` into runs/fewshot_methods/<name>, then
-`metassl eval <run> --ways W --shots 1 --episodes 600 --seed 0 --queries 15 --json --per-episode` for the 5-way
-and 20-way 1-shot protocols; the table pairs each run's per-episode accuracies with ProtoNet's on the same episodes
+`metassl eval <run> --ways W --shots K --episodes 600 --seed 0 --queries 15 --json --per-episode` for 5-way and
+20-way 1-shot and 5-way 5-shot (the same model); the table pairs each run's per-episode accuracies with ProtoNet's on the same episodes
 (`metassl.eval.compare.paired_comparison`, what `metassl compare PROTONET_RUN RUN ...` prints, without evaluating
 ProtoNet again for every method). Raw results go to results/fewshot_methods/<name>_<protocol>.json with the command, the training minutes, the device
 and the torch version; `--table` writes results/fewshot_methods.md from them. A finished step is skipped when run
@@ -131,12 +131,13 @@ def run_method(m: dict, log: Path) -> None:
                 "steps": m["steps"], "preset": m["preset"], "date": str(date.today()), "device": device(),
                 "torch": torch_version()}
         meta_file.write_text(json.dumps(meta, indent=1) + "\n")
-    for ways in m["ways"]:
-        out = OUT / f"{m['name']}_{ways}w1s.json"
+    # every model is also evaluated 5-way 5-shot (cheap: the same model, the support set grows)
+    for ways, shots in [(w, 1) for w in m["ways"]] + [(5, 5)]:
+        out = OUT / f"{m['name']}_{ways}w{shots}s.json"
         if out.is_file():
             continue
         ev = metassl() + ["eval", str(run), "--dataset", "omniglot", "--split", "test", "--ways", str(ways),
-                          "--shots", "1", "--queries", "15", "--episodes", "600", "--seed", "0", "--json",
+                          "--shots", str(shots), "--queries", "15", "--episodes", "600", "--seed", "0", "--json",
                           "--per-episode", "--out", str(out), "--data-root", DATA,
                           # 20-way: 300 queries per episode; 50 episodes at once take up to 9 GB (results do not
                           # depend on the batching, tests/test_contract.py)

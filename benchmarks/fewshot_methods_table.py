@@ -31,13 +31,13 @@ def write_table(methods: list[dict], out: Path, path: Path, notes: dict[str, str
         meta_file = out / f"{name}_train.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
         meta_any = meta_any or meta
-        for ways in (5, 20):
-            f = out / f"{name}_{ways}w1s.json"
-            tag = f"{ways}w1s"
+        for ways, shots in ((5, 1), (20, 1), (5, 5)):
+            f = out / f"{name}_{ways}w{shots}s.json"
+            tag = f"{ways}w{shots}s"
             paper = cfg.eval.paper.get(tag)
-            if paper is None and ways != 5:  # the paper's figure sits in the method's own N-way preset
+            if paper is None and tag != "5w1s":  # the paper's figure sits in the method's own preset
                 try:
-                    paper = load_config(m["preset"].replace("_5w1s", f"_{ways}w1s")).eval.paper.get(tag)
+                    paper = load_config(m["preset"].replace("_5w1s", f"_{tag}")).eval.paper.get(tag)
                 except (ConfigError, FileNotFoundError):  # no such preset
                     paper = None
             paper_s = "—" if paper is None else f"{paper}"
@@ -45,14 +45,14 @@ def write_table(methods: list[dict], out: Path, path: Path, notes: dict[str, str
             if not f.is_file() or meta is None:
                 why = ("not run: the head is fixed at the training ways and a 20-way model did not fit this "
                        "session's CPU time" if ways not in m["ways"] else "not run this session")
-                lines.append(f"| {NAMES.get(name, name)} | {ways}-way 1-shot | {paper_s} | {why} | | | | |")
+                lines.append(f"| {NAMES.get(name, name)} | {ways}-way {shots}-shot | {paper_s} | {why} | | | | |")
                 continue
             ours = json.loads(f.read_text())["result"]
-            ref_file = out / f"protonet_{ways}w1s.json"
+            ref_file = out / f"protonet_{tag}.json"
             ref = json.loads(ref_file.read_text())["result"] if ref_file.is_file() else None
             pct = 100 * meta["steps"] / full
             paired = "(reference)" if name == "protonet" else _paired(ref, ours)
-            lines.append(f"| {NAMES.get(name, name)} | {ways}-way 1-shot | {paper_s} | {ours['accuracy']:.2f} ± "
+            lines.append(f"| {NAMES.get(name, name)} | {ways}-way {shots}-shot | {paper_s} | {ours['accuracy']:.2f} ± "
                          f"{ours['ci95']:.2f} | {meta['steps']:,} of {full:,} ({pct:.2g}%) | {meta['train_minutes']} | "
                          f"{paired} | not yet run (needs GPU) |")
     header = [
@@ -67,6 +67,12 @@ def write_table(methods: list[dict], out: Path, path: Path, notes: dict[str, str
         "points with its 95% CI (Student's t), the paired t-test's and the Wilcoxon signed-rank test's p-values, and",
         "the episodes won/lost. Accuracy is mean ± 95% CI (1.96 · std / √600).",
         "",
+        "**Read the paired column as \"after this short run\", not as a ranking of the methods.** The budgets differ:",
+        "each preset keeps its paper's episode shape, so ProtoNet and R2-D2 see 60-way episodes (600 images) per step,",
+        "MetaOptNet 8 tasks of 5-way 5-shot, the MAML family 4 to 32 tasks of 5-way, and the others one 5-way episode;",
+        "and each method got a different fraction of its paper's schedule (column 5). The methods whose heads are",
+        "fixed at the training ways (BOIL, MAML++) have no 20-way row; every other model is evaluated 20-way as it is.",
+        "",
         "| method | protocol | paper | ours: short CPU run | steps of the preset's | train (min) | vs ProtoNet, same episodes | full-length run |",
         "|---|---|---:|---:|---|---:|---|---|",
     ]
@@ -76,8 +82,8 @@ def write_table(methods: list[dict], out: Path, path: Path, notes: dict[str, str
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text())
             footer.append(f"- {NAMES.get(m['name'], m['name'])}: `{meta['command']}`")
-            for ways in (5, 20):
-                f = out / f"{m['name']}_{ways}w1s.json"
+            for tag in ("5w1s", "20w1s", "5w5s"):
+                f = out / f"{m['name']}_{tag}.json"
                 if f.is_file():
                     footer.append(f"  then `{json.loads(f.read_text())['command']}`")
     if meta_any:
