@@ -56,14 +56,14 @@ METHODS: list[dict] = [
 
 # where each paper figure in the presets comes from (shown under the table)
 NOTES = {
-    "protonet": "paper 98.8 / 96.0 (5-way / 20-way 1-shot; Snell et al. 2017, Table 1). The reference for every paired "
+    "protonet": "paper 98.8 / 96.0 / 99.7 (5-way 1-shot, 20-way 1-shot, 5-way 5-shot; Snell et al. 2017, Table 1). The reference for every paired "
                 "column: preset omniglot/protonet_5w1s (60-way training episodes), 1,000 of its 20,000 steps.",
     "matchingnet": "paper 98.1 (5-way 1-shot) as quoted in Finn et al. 2017, Table 1, not read in the paper's own table; "
                    "93.8 (20-way 1-shot) checked in the paper's abstract. Trained without full context embeddings "
                    "(`learner.fce: false`); the paper's optimizer and schedule are unchecked (the preset uses Adam 1e-3).",
     "relationnet": "paper 99.6 / 97.6 from Papers with Code's entry for the paper and a reimplementation's table, not read "
                    "in the paper's own table; settings checked against the authors' code (19 training queries per "
-                   "class at 5-way 1-shot). The 20-way row evaluates the 5-way-trained model.",
+                   "class at 5-way 1-shot). The 20-way row evaluates the 5-way-trained model. **The 5-shot row (40.8%) is not a fair 5-shot result**: the 1-shot-trained relation module is given class maps that are sums of 5 support maps (the paper's K-shot rule), 5 times larger than any it saw in training; the paper trains a separate 5-shot model (preset omniglot/relationnet_5w5s is not written yet; `learner.class_map: mean` keeps the scale).",
     "r2d2": "paper 98.6 / 94.7 **unchecked** (the paper's text was not available here). The paper's wider backbone "
             "(96-192-384-512 filters) is replaced by Conv4-64 (stated in the preset).",
     "metaoptnet": "the paper reports no Omniglot figures (miniImageNet, tieredImageNet, CIFAR-FS, FC100 only); recipe "
