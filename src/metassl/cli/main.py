@@ -448,6 +448,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
+def _episode_args(p: argparse.ArgumentParser, shots_nargs: str | None) -> None:
+    """The protocol flags of `eval` and `compare` (unset: from the run's config) and where the model runs."""
+    p.add_argument("--dataset")
+    p.add_argument("--split")
+    p.add_argument("--ways", type=int)
+    p.add_argument("--shots", type=int, nargs=shots_nargs)
+    p.add_argument("--queries", type=int)
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--which", default="latest", choices=("latest", "best"), help="which checkpoint of each run")
+    p.add_argument("--device", help="auto, cpu, cuda, ...")
+    p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="metassl", description="Few-shot learning: meta-learning and "
                  "self-supervised learning, vectorized over tasks.")
@@ -469,16 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="learner.KEY=VALUE",
                    help="evaluation-time learner settings, e.g. learner.eval_head=encoder (PsCo), "
                    "learner.eval_inner_steps=10 (MAML family)")
-    p.add_argument("--dataset")
-    p.add_argument("--split")
-    p.add_argument("--ways", type=int)
-    p.add_argument("--shots", type=int, nargs="+")
-    p.add_argument("--queries", type=int)
-    p.add_argument("--episodes", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--which", default="latest", choices=("latest", "best"), help="which checkpoint of a run")
-    p.add_argument("--device", help="auto, cpu, cuda, ...")
-    p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
+    _episode_args(p, shots_nargs="+")
     p.add_argument("--json", action="store_true", help="print one JSON object with the metrics and protocol")
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--per-episode", action="store_true", help="the JSON also lists every episode's accuracy (for "
@@ -503,16 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="evaluate several runs on the same episodes: accuracy ± 95%% CI each, and "
                        "against the first run the paired difference with its CI, paired t-test and Wilcoxon p-values")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run or checkpoint folders; the first is the reference")
-    p.add_argument("--dataset")
-    p.add_argument("--split")
-    p.add_argument("--ways", type=int)
-    p.add_argument("--shots", type=int)
-    p.add_argument("--queries", type=int)
-    p.add_argument("--episodes", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--which", default="latest", choices=("latest", "best"), help="which checkpoint of each run")
-    p.add_argument("--device", help="auto, cpu, cuda, ...")
-    p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
+    _episode_args(p, shots_nargs=None)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
     p.add_argument("--out", help="also write the JSON to this file")
     _transductive_args(p, "one method for every run, or one per run (none: inductive), e.g. `compare R R "
