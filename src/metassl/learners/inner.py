@@ -376,9 +376,14 @@ class GradientLearner(Learner):
                 f"(tasks.ways={have}) and cannot classify {ways}-way episodes; evaluate with --ways {have} "
                 f"(eval.ways={have}) or train with tasks.ways={ways}")
 
+    def batch_objective(self, buffers: Tensors, tasks: Any) -> Callable[..., Any]:
+        """The per-task objective for this batch: `task_objective`; MAML++ picks its step's loss weights and
+        derivative order, ProtoMAML its number of ways."""
+        return self.task_objective
+
     def loss(self, params, buffers, tasks):
         self.check_ways(params, tasks.ways)
-        obj, loss, acc = map_tasks(self.task_objective, (params, buffers),
+        obj, loss, acc = map_tasks(self.batch_objective(buffers, tasks), (params, buffers),
                                    (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y),
                                    self.resolve_path(tasks.support_x))
         metric = "mse" if tasks.query_y.is_floating_point() else "accuracy"

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, option
-from .base import BATCH_NORMS, ENCODER, LossOutput, register_learner, task_loss
+from .base import BATCH_NORMS, ENCODER, register_learner, task_loss
 from .inner import HEAD_B, HEAD_W, BatchStatNorm, GradientLearner, InnerLoopConfig, inner_loop, map_tasks, score
 
 LR = "learner.lr."  # + adapted name: [inner_steps] learned step sizes
@@ -174,14 +174,9 @@ class MAMLpp(GradientLearner):
         return objective
 
     # -- the Learner contract -----------------------------------------------------------------------------------
-    def loss(self, params, buffers, tasks):
-        self.check_ways(params, tasks.ways)
+    def batch_objective(self, buffers, tasks):
         weights, first_order = self.schedule(int(buffers[STEP]))  # one host read per call
-        obj, loss, acc = map_tasks(self.task_objective_at(weights, first_order), (params, buffers),
-                                   (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y),
-                                   self.resolve_path(tasks.support_x))
-        metric = "mse" if tasks.query_y.is_floating_point() else "accuracy"
-        return LossOutput(obj.mean(), {"loss": loss.mean(), metric: acc.mean()})
+        return self.task_objective_at(weights, first_order)
 
     def adapt(self, params, buffers, support_x, support_y, ways):
         """Per task: the fast weights and the BatchNorm tensors of the last evaluation step, stacked [T, ...]."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import option
-from .base import ENCODER, LossOutput, register_learner, task_loss
+from .base import ENCODER, register_learner, task_loss
 from .inner import HEAD_B, HEAD_W, FixedStepConfig, GradientLearner, inner_loop, map_tasks, score
 
 
@@ -110,15 +110,15 @@ class ProtoMAML(GradientLearner):
 
         return objective
 
-    # -- the Learner contract: no check_ways, any number of ways ---------------------------------------------
-    def loss(self, params, buffers, tasks):
+    # -- the Learner contract: any number of ways ---------------------------------------------------------------
+    def check_ways(self, params, ways):
+        """No fixed head: the head of every task comes from its prototypes."""
+
+    def batch_objective(self, buffers, tasks):
         if tasks.query_y.is_floating_point():
             raise ValueError("learner protomaml builds its head from class prototypes and needs integer class labels "
                              "(tasks with real-valued targets: use learner.name=maml)")
-        obj, loss, acc = map_tasks(self.task_objective_ways(tasks.ways), (params, buffers),
-                                   (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y),
-                                   self.resolve_path(tasks.support_x))
-        return LossOutput(obj.mean(), {"loss": loss.mean(), "accuracy": acc.mean()})
+        return self.task_objective_ways(tasks.ways)
 
     def adapt(self, params, buffers, support_x, support_y, ways):
         """Fast weights of every task (head [T, ways, D] included), stacked; evaluation: no meta-gradient."""
