@@ -30,6 +30,8 @@ import yaml
 
 from ...config import build
 from ...errors import ConfigError
+from ...learners.protonet import prototypes  # class means [T, N, D]
+from ...learners.protonet import squared_euclidean as sq_distances  # [T, M, D] x [T, N, D] -> [T, M, N]
 from ...registry import TRANSDUCTIVE
 
 __all__ = ["TransductiveSpec", "register_transductive", "method_spec", "method_config", "parse_options",
@@ -112,17 +114,6 @@ def transductive_predict(learner: Any, params: dict, buffers: dict, name: str,
 
 def one_hot(y: torch.Tensor, ways: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return F.one_hot(y.long(), ways).to(dtype)
-
-
-def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
-    """Class means [T, N, D] of features z [T, S, D] with labels y [T, S]."""
-    oh = one_hot(y, ways, z.dtype)
-    return oh.transpose(1, 2) @ z / oh.sum(1).clamp_min(1).unsqueeze(-1)
-
-
-def sq_distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances [T, M, N] between x [T, M, D] and c [T, N, D]."""
-    return ((x.unsqueeze(2) - c.unsqueeze(1)) ** 2).sum(-1)
 
 
 def l2n(x: torch.Tensor) -> torch.Tensor:
