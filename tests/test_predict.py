@@ -13,7 +13,7 @@ from conftest import SHARED_DATA
 from metassl.api import FewShotClassifier, SupportSetError
 from metassl.cli.main import main
 from metassl.data import load_dataset
-from metassl.registry import LEARNERS
+from metassl.registry import LEARNERS, TASK_SOURCES
 
 DIGITS = ["3", "5", "7"]
 
@@ -170,7 +170,8 @@ def test_report_page_and_valid_images(mnist_run):
     assert "± " in page
 
 
-@pytest.mark.parametrize("learner", sorted(LEARNERS))
+@pytest.mark.parametrize("learner", sorted(n for n, s in LEARNERS.items() if not getattr(s.build, "regression_only",
+                                                                                          False)))
 def test_every_registered_learner_adapts_and_predicts(learner, tmp_path):
     """Each learner (present and future) trains two steps and labels images through the API."""
     from metassl.config import apply_overrides, resolve
@@ -179,10 +180,13 @@ def test_every_registered_learner_adapts_and_predicts(learner, tmp_path):
     def overrides(name):
         return [
             f"learner.name={name}", "data.dataset=digits", "data.train_split=train", "data.val_split=null",
-            "model.backbone=conv4", "model.hidden=8", "model.depth=2", "model.track_running_stats=false",
+            *(["model.backbone=vit", "model.dim=16", "model.depth=1", "model.heads=2", "model.patch_size=2",
+               "model.image_size=8"] if name == "mae" else  # MAE masks the patches of a ViT
+              ["model.backbone=conv4", "model.hidden=8", "model.depth=2", "model.track_running_stats=false"]),
             "tasks.ways=3", "tasks.shots=2",
             "tasks.queries=2", "train.steps=2", "train.progress=false", "train.tensorboard=false", "optim.name=adam",
-            "train.report=false"] + ([] if LEARNERS[name].default_source == "labeled" else ["tasks.batch_size=16"])
+            "train.report=false"] + ([] if TASK_SOURCES[LEARNERS[name].default_source].batch == "episodes"
+                                    else ["tasks.batch_size=16"])
 
     spec, start = LEARNERS[learner], []
     if spec.needs_init_from:  # e.g. Meta-Baseline: first two steps of a learner whose run it starts from
@@ -197,3 +201,96 @@ def test_every_registered_learner_adapts_and_predicts(learner, tmp_path):
     clf.fit(xs[::3] + xs[1::3], ys[::3] + ys[1::3])
     p = clf.predict_proba(xs[2::3])
     assert p.shape == (3, 3) and np.allclose(p.sum(1), 1, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# transductive prediction: the query images (and an unlabeled pool) classified together
+
+
+@pytest.fixture(scope="module")
+def pool_folder(tmp_path_factory, mnist_run):
+    """Unlabeled images: 8 more of each support digit (not among the queries) and 8 of a distractor digit."""
+    _, ds = mnist_run
+    split = load_dataset(ds, "test", SHARED_DATA if ds == "mnist" else None)
+    root = tmp_path_factory.mktemp("pool")
+    g = torch.Generator().manual_seed(1)
+    for digit in DIGITS + ["0"]:
+        k = split.class_names.index(digit)
+        o, n = int(split.offsets[k]), int(split.counts[k])
+        for j, i in enumerate((torch.randperm(n - 20, generator=g)[:8] + o + 20).tolist()):
+            Image.fromarray(split.images[i, 0].numpy(), "L").save(root / f"u{digit}_{j}.png")
+    (root / "junk.png").write_bytes(b"\x89PNG broken")
+    return root
+
+
+def _accuracy(rows):
+    good = [r for r in rows if not r["error"]]
+    return np.mean([r["predicted"] == truth(r["path"]) for r in good]), len(good)
+
+
+@pytest.mark.parametrize("method", ["softkmeans", "ptmap"])
+def test_cli_predict_transductive_keeps_the_csv_and_is_at_least_as_accurate(mnist_run, folders, pool_folder,
+                                                                             method, tmp_path, capsys):
+    """Soft k-means with a pool holding a distractor digit; PT-MAP on the (balanced) query images alone: its
+    balanced Sinkhorn marginals do not fit a pool of unknown classes."""
+    run, _ = mnist_run
+    support, query = folders
+    base = ["predict", str(run), "--support", str(support), "--query", str(query)]
+    assert main(base + ["--out", str(tmp_path / "ind.csv")]) == 0
+    pool = ["--unlabeled", str(pool_folder)] if method == "softkmeans" else []
+    assert main(base + ["--out", str(tmp_path / "tr.csv"), "--transductive", method] + pool) == 0
+    err = capsys.readouterr().err
+    assert "classified together" in err
+    if pool:
+        assert "unlabeled pool: 32 images" in err and "1 unreadable" in err
+    else:
+        assert "assumes balanced query classes" in err
+    ind = list(csv.DictReader((tmp_path / "ind.csv").open(encoding="utf-8")))
+    tr = list(csv.DictReader((tmp_path / "tr.csv").open(encoding="utf-8")))
+    assert list(tr[0]) == list(ind[0]) and [r["path"] for r in tr] == [r["path"] for r in ind]  # same columns, rows
+    assert not any("pool" in r["path"] or Path(r["path"]).name.startswith("u") for r in tr)  # the pool is not output
+    (acc_i, n_i), (acc_t, n_t) = _accuracy(ind), _accuracy(tr)
+    assert n_i == n_t == 30 and acc_t >= acc_i, (acc_t, acc_i)
+    assert [r for r in tr if r["error"]][0]["path"].endswith("broken.png")
+
+
+def test_api_transductive_reads_no_query_order_and_uses_the_pool(mnist_run, folders, pool_folder):
+    run, _ = mnist_run
+    support, query = folders
+    files = sorted(str(p) for p in query.rglob("*.png") if p.name != "broken.png")
+    clf = FewShotClassifier.load(run, transductive="softkmeans").fit_folder(support)
+    p = clf.predict_proba(files)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
+    p_shuffled = clf.predict_proba([files[i] for i in order])
+    assert np.allclose(p[order], p_shuffled, atol=1e-5)  # each image's answer, whatever the order
+    inductive = FewShotClassifier.load(run).fit_folder(support).predict_proba(files)
+    assert not np.allclose(p, inductive, atol=1e-3)  # the queries were used
+    # the pool, streamed 5 images at a time, gives the same answers as in one chunk, and changes them
+    small = FewShotClassifier.load(run, transductive="softkmeans").fit_folder(support)
+    small.batch_size = 5
+    whole = FewShotClassifier.load(run, transductive="softkmeans").fit_folder(support)
+    a = small.add_unlabeled(pool_folder).predict_proba(files)
+    b = whole.add_unlabeled(pool_folder).predict_proba(files)
+    assert small.unlabeled_count == whole.unlabeled_count == 32 and small.unlabeled_skipped == 1
+    assert np.allclose(a, b, atol=1e-5) and not np.allclose(a, p, atol=1e-4)
+
+
+def test_transductive_predict_on_one_image_and_bad_flags(mnist_run, folders, tmp_path, capsys):
+    run, _ = mnist_run
+    support, query = folders
+    one = sorted(p for p in query.rglob("*.png") if p.name != "broken.png")[0]
+    assert main(["predict", str(run), "--support", str(support), "--query", str(one), "--transductive", "ptmap",
+                 "--json"]) == 0
+    cap = capsys.readouterr()
+    (row,) = json.loads(cap.out)["predictions"]
+    assert row["error"] is None and abs(sum(row["probabilities"].values()) - 1) < 1e-4
+    assert "ran with unbalanced=true, center=false" in cap.err
+    args = ["predict", str(run), "--support", str(support), "--query", str(query)]
+    assert main(args + ["--unlabeled", str(tmp_path)]) == 2
+    assert "read by transductive methods only" in capsys.readouterr().err
+    assert main(args + ["--transductive", "ptmap", "--classifier", "logistic"]) == 2
+    assert "replaces the classifier" in capsys.readouterr().err
+    assert main(args + ["--transductive", "ptmapp"]) == 2
+    assert "Did you mean ptmap" in capsys.readouterr().err
+    assert main(args + ["--transductive", "ptmap", "--unlabeled", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err

@@ -193,8 +193,8 @@ def test_softkmeans_one_step_by_hand_with_and_without_distractor():
     p0 = [s[ys == c].mean(0) for c in range(2)]
     for distractor in (False, True):
         refined = []
-        logits = np.array([[-float(((x - p) ** 2).sum()) for p in p0] + ([-float((x ** 2).sum()) / 0.25]
-                                                                         if distractor else []) for x in q])
+        logits = np.array([[-float(((x - p) ** 2).sum()) for p in p0] + ([-float((x ** 2).sum()) / 0.25 -
+                                                                          math.log(0.5)] if distractor else []) for x in q])
         w = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         for c in range(2):
             num = s[ys == c].sum(0) + sum(float(w[j, c]) * q[j] for j in range(len(q)))
@@ -383,3 +383,47 @@ def test_any_learner_family_gets_transductive_results(learner, tmp_path):
         _, _, (r,) = evaluate_run(tmp_path / "run", ways=3, shots=1, queries=3, episodes=4, transductive=name)
         assert r.protocol["transductive"] == name and 0.0 <= r.accuracy <= 100.0
         assert len(r.per_episode_accuracy) == 4 and r.protocol["query_set_size"] == 9
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TIM-ADM
+
+
+def test_tim_adm_updates_by_hand_and_the_objective_decreases():
+    zs, sy, zq, qy = episode(t=2, noise=0.5)
+    zs, zq = tim.l2n(zs), tim.l2n(zq)
+    cfg = method_config("tim", {"solver": "adm", "adm_iters": 30})
+    lam, a, g, tau = 0.1, 0.1, 1.0, 15.0
+    w = tim.prototypes(zs, sy, 3)
+    p = torch.softmax(tim.tim_logits(w, zq, tau), -1)
+    q = tim.adm_assignments(p, cfg)
+    new = tim.adm_weights(w, zs, sy, zq, q, 3, cfg)
+    for t in range(2):
+        pn, s, x, ys, wt = p[t].numpy(), zs[t].numpy(), zq[t].numpy(), sy[t].numpy(), w[t].numpy()
+        # q_ik ~ p_ik^(1+a) / (sum_j p_jk^(1+a))^(g/(1+g)): with g = 1 the paper's square root
+        qn = pn ** (1 + a) / np.sqrt((pn ** (1 + a)).sum(0, keepdims=True))
+        qn = qn / qn.sum(1, keepdims=True)
+        assert np.allclose(q[t].numpy(), qn, atol=1e-10)
+        ps = torch.softmax(tim.tim_logits(w[t:t + 1], zs[t:t + 1], tau), -1)[0].numpy()
+        for k in range(3):
+            yk = (ys == k).astype(float)
+            num = lam / (1 + a) * sum(yk[i] * s[i] + ps[i, k] * (wt[k] - s[i]) for i in range(len(s)))
+            num = num + len(s) / len(x) * sum(qn[i, k] * x[i] + pn[i, k] * (wt[k] - x[i]) for i in range(len(x)))
+            den = lam / (1 + a) * yk.sum() + len(s) / len(x) * qn[:, k].sum()
+            assert np.allclose(new[t, k].numpy(), num / den, atol=1e-9)
+    # the TIM objective (the mutual-information one TIM-GD minimizes) goes down under the ADM iterations
+    before = tim.tim_objective(w, zs, sy, zq, 3, cfg)
+    after = tim.tim_objective(tim.fit_adm(zs, sy, zq, 3, cfg), zs, sy, zq, 3, cfg)
+    assert (after < before - 1e-4).all()
+    out = method_spec("tim").run(zs, sy, zq, 3, None, cfg)
+    assert (out.argmax(-1) == qy).float().mean() >= (nearest_prototype_logprobs(zs, sy, zq, 3).argmax(-1) == qy
+                                                      ).float().mean()
+
+
+def test_report_pairs_transductive_methods_with_the_inductive_classifier(run_dir, capsys):
+    assert main(["report", str(run_dir), "--episodes", "4", "--transductive", "softkmeans", "ptmap"]) == 0
+    rows = json.loads((run_dir / "report" / "transductive.json").read_text())
+    assert [r["protocol"].get("transductive") for r in rows] == [None, "softkmeans", "ptmap"]
+    assert rows[0]["paired_vs_first"] is None and rows[2]["paired_vs_first"]["episodes"] == 4
+    page = (run_dir / "report" / "report.html").read_text()
+    assert "Transductive inference" in page and "query images together" in page

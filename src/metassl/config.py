@@ -55,6 +55,9 @@ class DataConfig:
     test_split: str = option("test")
     train_fraction: float = option(1.0, range=(1e-6, 1.0), help="use this fraction of the training classes "
                                    "(chosen by the run seed), e.g. 0.05 when labels exist for 5% of the classes")
+    options: dict[str, Any] = option(default_factory=dict, help="settings of data sets read from your files or "
+                                     "generated (table, text, sinusoid), e.g. data.options.label_column=species; "
+                                     "see `metassl datasets`")
 
 
 @dataclass
@@ -105,6 +108,10 @@ class AuxConfig:
     contrastive: float = option(0.0, range=(0.0, 100.0), help="weight of SimCLR's NT-Xent between two augmented "
                                 "views of the episode images (augmentation: the augment section); 0: off")
     temperature: float = option(0.5, range=(1e-4, 10.0), help="NT-Xent temperature of the contrastive term")
+    jigsaw: float = option(0.0, range=(0.0, 100.0), help="weight of jigsaw-puzzle prediction (3x3 tiles, "
+                           "ssl/jigsaw.py) on episode images; 0: off")
+    jigsaw_permutations: int = option(100, range=(2, 362880), help="size of the jigsaw term's maximal-Hamming "
+                                      "permutation set (seed 0)")
 
 
 @dataclass
@@ -171,6 +178,10 @@ class EvalConfig:
     episodes: int = option(600, range=(1, None))
     seed: int = option(0, range=(0, MAX_SEED))
     batch_episodes: int = option(50, range=(1, None), help="episodes evaluated together (memory vs speed)")
+    unlabeled: int = option(0, range=(0, 100000), help="semi-supervised episodes: unlabeled images per class (and per "
+                            "distractor class) given to the learner with each episode (Ren et al. 2018: 20); 0: none")
+    distractors: int = option(0, range=(0, 100000), help="semi-supervised episodes: classes outside the episode whose "
+                              "images join its unlabeled set")
     paper: dict[str, float] = option(default_factory=dict,
                                      help="the paper's accuracy per protocol, e.g. {5w1s: 98.8}, for tables")
 
@@ -437,7 +448,13 @@ def load_raw(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         here = str(path.resolve())
         if here in _seen:  # a chain that returns to itself would recurse until the interpreter gives up
             raise ConfigError(f"{path}: its base chain loops back to itself ({base!r}); remove one `base:`")
-        data = merge(load_raw(base, (*_seen, here)), data)
+        parent = load_raw(base, (*_seen, here))
+        child_model, parent_model = data.get("model"), parent.get("model")
+        if (isinstance(child_model, dict) and isinstance(parent_model, dict) and "backbone" in child_model
+                and child_model["backbone"] != parent_model.get("backbone", "conv4")):
+            # another backbone: the base's model keys belong to its backbone (e.g. resnet18's stem), not this one
+            parent = {**parent, "model": {}}
+        data = merge(parent, data)
     return data
 
 

@@ -29,13 +29,16 @@ FLAG_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "ways": (2, 100000, False), "shots": (1, 100000, False), "queries": (1, 100000, False),
     "episodes": (1, None, False), "seed": (0, MAX_SEED, False), "batch_episodes": (1, None, False),
     "k": (1, None, False), "temperature": (0.0, None, True), "max_train": (1, None, False),
-    "max_test": (1, None, False), "weight_decay": (0.0, None, False)}
+    "max_test": (1, None, False), "weight_decay": (0.0, None, False), "unlabeled": (0, 100000, False),
+    "distractors": (0, 100000, False)}
 # flags and arguments naming a thing: an empty string would silently mean "not given" (or the current folder)
 TEXT_FLAGS = ("config", "run", "runs", "compare", "dataset", "split", "train_split", "data_root", "run_dir", "out",
-              "support", "query", "device")
+              "support", "query", "device", "unlabeled_dir")
 
 
 def _flag_name(dest: str) -> str:
+    if dest == "unlabeled_dir":  # predict's --unlabeled DIR
+        return "--unlabeled"
     return dest.upper() if dest in ("config", "run", "runs", "compare") else "--" + dest.replace("_", "-")
 
 
@@ -212,21 +215,24 @@ def cmd_eval(a: argparse.Namespace) -> int:
                                          progress=_progress(not a.json and main_process),
                                          overrides=getattr(a, "overrides", None),
                                          transductive=getattr(a, "transductive", None),
-                                         transductive_options=_transductive_options(a))
+                                         transductive_options=_transductive_options(a),
+                                         unlabeled=getattr(a, "unlabeled", None),
+                                         distractors=getattr(a, "distractors", None))
     if not main_process:  # under torchrun every process has the same results; one prints them
         return 0
     paper = model.config.eval.paper
     rows = []
     for r in results:
         d = r.to_dict(per_episode=getattr(a, "per_episode", False))
-        d["paper_accuracy"] = paper.get(r.tag)
+        d["paper_mse" if r.name == "regression" else "paper_accuracy"] = paper.get(r.tag)  # regression: MSE
         d["checkpoint"] = state["checkpoint"]
         d["learner"] = model.config.learner.name
         d["step"] = state["step"]
         rows.append(d)
         if not a.json:
             kind = "paper, inductive" if r.protocol.get("transductive") else "paper"  # the preset's number
-            ref = f"   ({kind}: {paper[r.tag]})" if r.tag in paper else ""
+            unit = " MSE" if r.name == "regression" else ""
+            ref = f"   ({kind}: {paper[r.tag]}{unit})" if r.tag in paper else ""
             print(r.line() + ref)
     if a.json:
         print(to_json(rows[0] if len(rows) == 1 else rows))
@@ -257,7 +263,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     rows = compare_runs(a.runs, a.dataset, a.split, a.ways, a.shots, a.queries, a.episodes, a.seed, a.data_root,
                         a.which, a.device, a.batch_episodes, progress=_progress(not a.json and main_process),
                         transductive=getattr(a, "transductive", None),
-                        transductive_options=_transductive_options(a))
+                        transductive_options=_transductive_options(a), unlabeled=a.unlabeled,
+                        distractors=a.distractors)
     if not main_process:
         return 0
     dicts = [r.to_dict() for r in rows]
@@ -376,19 +383,48 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import csv
     import io
 
-    from ..api import FewShotClassifier, list_image_files
+    from ..api import TABLE_SUFFIXES, FewShotClassifier, list_image_files, text_run_encoding
     from ..atomic import atomic_write_path
 
     if a.out and Path(a.out).exists() and not a.force:
         raise FileExistsError(f"{a.out} exists; pass --force to overwrite it or choose another --out")
-    clf = FewShotClassifier.load(a.run, a.device or "cpu", a.which, a.classifier)
+    if Path(a.support).suffix.lower() in TABLE_SUFFIXES:  # rows of a table file (issue 18): a separate branch
+        return _predict_table(a)
+    if text_run_encoding(a.run, a.which):  # a run trained on texts (issue 18): .txt files, a separate branch
+        return _predict_text(a)
+    if a.unlabeled_dir and not a.transductive:
+        raise ConfigError(f"--unlabeled {a.unlabeled_dir} is read by transductive methods only: add --transductive "
+                          f"NAME (e.g. softkmeans or ptmap)")
+    if a.transductive and a.classifier != "learner":
+        raise ConfigError(f"--transductive {a.transductive} replaces the classifier: drop --classifier "
+                          f"{a.classifier}")
+    clf = FewShotClassifier.load(a.run, a.device or "cpu", a.which, a.classifier, transductive=a.transductive,
+                                 transductive_options=_transductive_options(a))
     clf.fit_folder(a.support)
     files = [f for q in a.query for f in list_image_files(q)]
     missing = [str(f) for f in files if not f.exists()]
     if not files or len(missing) == len(files):
         raise FileNotFoundError(f"no query images found in {', '.join(a.query)}"
                                 + (f" (missing: {', '.join(missing[:3])})" if missing else ""))
+    if a.unlabeled_dir:
+        if not Path(a.unlabeled_dir).is_dir():
+            raise FileNotFoundError(f"--unlabeled {a.unlabeled_dir}: no such folder")
+        clf.add_unlabeled(a.unlabeled_dir)
+        print(f"unlabeled pool: {clf.unlabeled_count} images from {a.unlabeled_dir}"
+              + (f" ({clf.unlabeled_skipped} unreadable, skipped)" if clf.unlabeled_skipped else "")
+              + " (used by the method, not written to the output)", file=sys.stderr)
     rows = clf.predict_files(files)
+    if a.transductive:
+        spec = clf._method
+        print(f"transductive {a.transductive}: the {sum(r.error is None for r in rows)} query images"
+              + (f" and {clf.unlabeled_count} unlabeled images" if clf.unlabeled_count else "")
+              + " were classified together" + (
+                  "; it assumes balanced query classes (for a set that is not, add " + " ".join(
+                      f"--transductive-option {k}={str(v).lower()}" for k, v in spec.unbalanced_options) + ")"
+                  if spec.assumes_balanced and not any(k in clf._options for k, _ in spec.unbalanced_options)
+                  else ""), file=sys.stderr)
+        for note in clf.notes:
+            print(f"note: {note}", file=sys.stderr)
     if a.json:
         text = to_json({"classes": clf.classes_, "predictions": [r.__dict__ for r in rows]}, ensure_ascii=False) + "\n"
         # a non-UTF-8 file name: its bytes as \udcXX escapes (valid JSON; Python's json.loads gives the name back)
@@ -425,6 +461,63 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_table(a: argparse.Namespace) -> int:
+    """`metassl predict RUN --support S.csv --query Q.csv`: a table run adapted to the support rows; one output row
+    per query row (its index, the predicted class and probabilities, or the predicted target values)."""
+    import csv
+    import io
+
+    from ..api import predict_table
+    from ..atomic import atomic_write_path
+
+    if len(a.query) != 1:
+        raise ConfigError(f"--query: give one table file of rows to predict, got {len(a.query)}: {a.query}")
+    res = predict_table(a.run, a.support, a.query[0], a.device or "cpu", a.which)
+    if a.json:
+        text = to_json({"task_type": res.task_type, "columns": res.columns, "predictions": res.predicted,
+                        "probabilities": None if res.probabilities is None else res.probabilities.tolist()}) + "\n"
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(res.header())
+        w.writerows(res.rows())
+        text = buf.getvalue()
+    if a.out:
+        with atomic_write_path(a.out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        print(f"wrote {len(res.predicted)} predictions to {a.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _predict_text(a: argparse.Namespace) -> int:
+    """`metassl predict RUN --support DIR --query FILES_OR_DIRS` for a text run: one row per query text."""
+    import csv
+    import io
+
+    from ..api import predict_texts
+    from ..atomic import atomic_write_path
+
+    classes, rows = predict_texts(a.run, a.support, a.query, a.device or "cpu", a.which)
+    if a.json:
+        text = to_json({"classes": classes, "predictions": [r.__dict__ for r in rows]}, ensure_ascii=False) + "\n"
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "predicted", "probability", *[f"p({c})" for c in classes]])
+        for r in rows:
+            w.writerow([r.path, r.label, f"{r.probability:.6f}", *[f"{r.probabilities[c]:.6f}" for c in classes]])
+        text = buf.getvalue()
+    if a.out:
+        with atomic_write_path(a.out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        print(f"wrote {len(rows)} predictions to {a.out}, classes: {', '.join(classes)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from ..export import export
 
@@ -436,7 +529,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from ..report import write_report
 
-    r = write_report(a.run, a.data_root, a.episodes, a.device or "cpu", a.out, compare_with=a.compare)
+    r = write_report(a.run, a.data_root, a.episodes, a.device or "cpu", a.out, compare_with=a.compare,
+                     transductive=a.transductive)
     print(f"report: {r.html} ({len(r.figures)} figures)")
     return 0
 
@@ -460,6 +554,11 @@ def _episode_args(p: argparse.ArgumentParser, shots_nargs: str | None) -> None:
     p.add_argument("--which", default="latest", choices=("latest", "best"), help="which checkpoint of each run")
     p.add_argument("--device", help="auto, cpu, cuda, ...")
     p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
+    p.add_argument("--unlabeled", type=int, metavar="M", help="semi-supervised episodes: M unlabeled images of each "
+                   "class (and of each distractor class) with every episode, read by semi_protonet and by "
+                   "--transductive methods as their extra pool (default: the run's eval.unlabeled, 0)")
+    p.add_argument("--distractors", type=int, metavar="D", help="semi-supervised episodes: D classes outside the "
+                   "episode add their unlabeled images (default: the run's eval.distractors, 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -525,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true")
     p.set_defaults(fn=cmd_presets)
 
-    p = sub.add_parser("predict", help="adapt to a folder of labeled images and label new images")
+    p = sub.add_parser("predict", help="adapt to a folder of labeled images and label new images (or to the rows "
+                       "of a table file: --support S.csv --query Q.csv)")
     p.add_argument("run", help="run folder or checkpoint folder")
     p.add_argument("--support", required=True, help="folder with one sub-folder of labeled images per class")
     p.add_argument("--query", required=True, nargs="+", help="a folder (searched recursively) or image files")
@@ -534,6 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of CSV")
     p.add_argument("--classifier", default="learner", choices=("learner", "logistic"),
                    help="adapt as the learner does, or logistic regression on frozen features")
+    _transductive_args(p, "classify all query images together with this transductive method (they are its "
+                       "unlabeled data), on the encoder's features")
+    p.add_argument("--unlabeled", dest="unlabeled_dir", metavar="DIR", help="with --transductive: a folder of "
+                   "unlabeled images the method also uses (read in chunks; never written to the output)")
     p.add_argument("--which", default="latest", choices=("latest", "best"))
     p.add_argument("--device")
     p.set_defaults(fn=cmd_predict)
@@ -549,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("compare", nargs="*", metavar="OTHER_RUN", help="other runs: the page adds their paired "
                    "comparison against RUN on the same episodes (as `metassl compare`)")
+    p.add_argument("--transductive", nargs="+", metavar="NAME", help="transductive methods to add, paired against "
+                   "the run's own classifier on the same episodes (e.g. ptmap softkmeans)")
     p.add_argument("--episodes", type=int, help="episodes per evaluation (default: the run's eval.episodes)")
     p.add_argument("--out", help="folder for the page and figures (default RUN/report)")
     p.add_argument("--device")

@@ -27,6 +27,13 @@ PIL. The operations, in this order (the order of SimCLR's and BYOL's pipelines):
 `blur` and `solarize` are per-view tuples (cycled when there are more views), for BYOL's asymmetric views. Grayscale
 images (C = 1) get brightness and contrast only.
 
+Multi-crop (SwAV, Caron et al. 2020; DINO, Caron et al. 2021): `augment(..., size=(h, w), first_view=V)` makes views
+at another output size; `local_crops(images, spec, M, size, V, generator)` makes M local crops with the crop area
+range `local_scale` (default (0.05, 0.4), as DINO and SwAV) in one call. The per-view tuples continue their cycle
+at view V, so e.g. `blur: [1.0, 0.1, 0.5]` gives DINO's global views 1.0 and 0.1 and every local crop 0.5 (the last
+entry is repeated past the end of a tuple longer than the two global views). Local crops are resampled to a size
+a little below the crop's (bilinear, no antialiasing: at most a factor ~1.1 for DINO's sizes).
+
 `AugmentSpec` is both the run's `augment` config section and what `augment` applies: a field left unset (None) comes
 from the preset in a config (`resolve_augment`) and is off when a spec is applied directly. Presets are registered
 by name (`register_augmentation`, built-in ones in `augment_presets.py`); a data set names its default preset in its
@@ -47,7 +54,8 @@ from ..config import option
 from ..errors import ConfigError
 from ..registry import AUGMENTATIONS, DATASETS, LEARNERS, SECTIONS
 
-__all__ = ["AugmentSpec", "PRESETS", "augment", "register_augmentation", "resolve_augment", "weak_view"]
+__all__ = ["AugmentSpec", "PRESETS", "augment", "local_crops", "register_augmentation", "resolve_augment",
+           "weak_view"]
 
 _P = (0.0, 1.0)
 
@@ -72,6 +80,8 @@ class AugmentSpec:
     rotate90: float | None = option(None, range=_P, help="probability of a random 90-degree rotation")
     degrees: float | None = option(None, range=(0.0, 180.0), help="small random rotation of up to this many degrees")
     translate: float | None = option(None, range=(0.0, 1.0), help="random translation of up to this x the side")
+    local_scale: tuple[float, float] | None = option(None, help="multi-crop: crop area range of the local crops "
+                                                     "(tasks.local_crops), default [0.05, 0.4] as DINO/SwAV")
 
     @property
     def name(self) -> str:
@@ -80,6 +90,8 @@ class AugmentSpec:
     def validate(self) -> None:
         if self.crop_scale is not None:
             _pair(self.crop_scale, "augment.crop_scale", 1e-6, 1.0)
+        if self.local_scale is not None:
+            _pair(self.local_scale, "augment.local_scale", 1e-6, 1.0)
         if self.crop_ratio is not None:
             _pair(self.crop_ratio, "augment.crop_ratio", 1e-3, None)
         if self.jitter_strength is not None:
@@ -108,7 +120,7 @@ class AugmentSpec:
 
 OFF: dict[str, Any] = dict(crop_ratio=(3 / 4, 4 / 3), flip=0.0, jitter=0.0, jitter_strength=(0.4, 0.4, 0.4, 0.1),
                            jitter_order="random", grayscale=0.0, blur=(0.0,), blur_sigma=(0.1, 2.0), blur_kernel=0.1,
-                           solarize=(0.0,), rotate90=0.0, degrees=0.0, translate=0.0)
+                           solarize=(0.0,), rotate90=0.0, degrees=0.0, translate=0.0, local_scale=(0.05, 0.4))
 
 SECTIONS.add("augment", AugmentSpec)
 PRESETS = AUGMENTATIONS  # name -> AugmentSpec (every field set)
@@ -160,8 +172,12 @@ def resolve_augment(aug_cfg: AugmentSpec | None, dataset: str, method: str | Non
 # the operations (float images [N, C, H, W] in [0, 1]; per-image parameters as tensors [N])
 
 
-def _per_view(values: tuple[float, ...], views: int, batch: int, device) -> torch.Tensor:
-    v = [values[i % len(values)] for i in range(views)]
+def _per_view(values: tuple[float, ...], views: int, batch: int, device, first: int = 0) -> torch.Tensor:
+    # views first..first+views-1 of the cycle; a tuple longer than `first` (multi-crop: values for the global views,
+    # then the local crops) repeats its last entry instead of cycling back to the global views' values
+    n = len(values)
+    last = n > first > 0
+    v = [values[min(i, n - 1)] if last else values[i % n] for i in range(first, first + views)]
     return torch.tensor(v, device=device, dtype=torch.float32).repeat_interleave(batch)
 
 
@@ -195,8 +211,9 @@ def _crop_boxes(n: int, h: int, w: int, scale, ratio, rand) -> tuple[torch.Tenso
     return cw, ch, x0, y0
 
 
-def _geometry(x: torch.Tensor, spec: AugmentSpec, rand) -> torch.Tensor:
+def _geometry(x: torch.Tensor, spec: AugmentSpec, rand, size: tuple[int, int] | None = None) -> torch.Tensor:
     n, c, h, w = x.shape
+    oh, ow = size if size is not None else (h, w)
     dev = x.device
     if spec.crop_scale is not None:
         cw, ch, x0, y0 = _crop_boxes(n, h, w, spec.crop_scale, spec.crop_ratio, rand)
@@ -228,7 +245,7 @@ def _geometry(x: torch.Tensor, spec: AugmentSpec, rand) -> torch.Tensor:
         cx = cx + (2 * rand(n) - 1) * 2 * spec.translate
         cy = cy + (2 * rand(n) - 1) * 2 * spec.translate
     theta = torch.stack([torch.stack([sx * a00, sx * a01, cx], -1), torch.stack([sy * a10, sy * a11, cy], -1)], 1)
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    grid = F.affine_grid(theta, [n, c, oh, ow], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -341,8 +358,10 @@ def _blur(x: torch.Tensor, prob: torch.Tensor, spec: AugmentSpec, rand) -> torch
 
 
 def augment(images: torch.Tensor, spec: AugmentSpec, views: int = 2,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """`views` augmented views of every image: [B, C, H, W] (uint8 or float in [0, 1]) -> float [V, B, C, H, W]."""
+            generator: torch.Generator | None = None, size: tuple[int, int] | None = None,
+            first_view: int = 0) -> torch.Tensor:
+    """`views` augmented views of every image: [B, C, H, W] (uint8 or float in [0, 1]) -> float [V, B, C, h, w], at
+    the input size or at `size` = (h, w); `first_view`: where the per-view tuples (blur, solarize) start their cycle."""
     if images.dim() != 4:
         raise ValueError(f"augment expects images [B, C, H, W], got shape {tuple(images.shape)}")
     spec = spec.filled()
@@ -350,6 +369,8 @@ def augment(images: torch.Tensor, spec: AugmentSpec, views: int = 2,
         raise ValueError(f"views must be >= 1, got {views}")
     x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
     b, c, h, w = x.shape
+    if size is not None and tuple(size) == (h, w):
+        size = None
     n = views * b
     dev = x.device
     x = x.unsqueeze(0).expand(views, b, c, h, w).reshape(n, c, h, w)
@@ -357,16 +378,26 @@ def augment(images: torch.Tensor, spec: AugmentSpec, views: int = 2,
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator, device=dev)
 
-    if spec.geometric:
-        x = _geometry(x, spec, rand)
+    if spec.geometric or size is not None:
+        x = _geometry(x, spec, rand, size)
+        h, w = x.shape[-2:]
     if spec.jitter > 0:
         x = _jitter(x, spec, rand)
     if spec.grayscale > 0 and c == 3:
         g = gray(x).expand(n, 3, h, w)
         x = torch.where(_bcast(rand(n) < spec.grayscale), g, x)
     if any(p > 0 for p in spec.blur):
-        x = _blur(x, _per_view(spec.blur, views, b, dev), spec, rand)
+        x = _blur(x, _per_view(spec.blur, views, b, dev, first_view), spec, rand)
     if any(p > 0 for p in spec.solarize):
-        apply = rand(n) < _per_view(spec.solarize, views, b, dev)
+        apply = rand(n) < _per_view(spec.solarize, views, b, dev, first_view)
         x = torch.where(_bcast(apply) & (x >= 0.5), 1.0 - x, x)
     return x.clamp_(0.0, 1.0).reshape(views, b, c, h, w)
+
+
+def local_crops(images: torch.Tensor, spec: AugmentSpec, crops: int, size: tuple[int, int], first_view: int = 2,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multi-crop's local views: `crops` crops of every image with area fraction ~ U(`local_scale`), resampled to
+    `size`, with the rest of `spec` (flip, colour, ...; blur/solarize at views first_view, first_view + 1, ...), in
+    one call: [B, C, H, W] -> float [M, B, C, h, w]."""
+    s = spec.filled()
+    return augment(images, replace(s, crop_scale=s.local_scale), crops, generator, size=size, first_view=first_view)

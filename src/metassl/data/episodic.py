@@ -61,9 +61,11 @@ class ClassSplit:
     max_count: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"{self.name}: images must be a uint8 tensor [M, C, H, W], got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+        # images: uint8 [M, C, H, W]; other inputs (table rows [M, D], signals [M, C, L], text embeddings): float
+        if not ((self.images.dtype == torch.uint8 and self.images.dim() == 4) or
+                (self.images.is_floating_point() and self.images.dim() >= 2)):
+            raise ValueError(f"{self.name}: images must be a uint8 tensor [M, C, H, W] (or other inputs a float "
+                             f"tensor [M, ...]), got {self.images.dtype} {tuple(self.images.shape)}")
         self.counts = torch.as_tensor(self.counts, dtype=torch.int64, device=self.images.device)
         if self.counts.dim() != 1 or len(self.class_names) != self.counts.numel():
             raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.counts.numel()} counts")
@@ -94,7 +96,7 @@ class ClassSplit:
         return self.counts.numel()
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def image_shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     @property
@@ -144,6 +146,9 @@ class TaskBatch:
     # [T, V, N*(K+Q), C, H, W]: V augmented views of each task's support then query images, for a self-supervised
     # auxiliary term (`aux.contrastive`); drawn by `AuxiliaryViews` from the images only, None otherwise
     views: torch.Tensor | None = None
+    # [T, U, C, H, W]: unlabeled images of the episode (semi-supervised tasks, Ren et al. 2018: images of the task's
+    # classes and of distractor classes, in random order, no labels), None otherwise
+    unlabeled_x: torch.Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -158,45 +163,60 @@ class TaskBatch:
         return self.query_x.shape[1] // self.ways
 
     def map_images(self, fn) -> "TaskBatch":
-        """Apply `fn` to support and query images and to the views, if any (e.g. uint8 -> normalized float)."""
+        """Apply `fn` to support, query and unlabeled images and to the views, if any (e.g. uint8 -> normalized
+        float)."""
         return replace(self, support_x=fn(self.support_x), query_x=fn(self.query_x),
-                       views=None if self.views is None else fn(self.views))
+                       views=None if self.views is None else fn(self.views),
+                       unlabeled_x=None if self.unlabeled_x is None else fn(self.unlabeled_x))
 
     def to(self, device) -> "TaskBatch":
         def move(t):
             return None if t is None else t.to(device)
         return TaskBatch(self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
-                         self.query_y.to(device), self.ways, move(self.classes), move(self.views))
+                         self.query_y.to(device), self.ways, move(self.classes), move(self.views),
+                         move(self.unlabeled_x))
 
     def select(self, start: int, stop: int) -> "TaskBatch":
         """Tasks start..stop-1 (e.g. this process's share of a global batch)."""
         sl = slice(start, stop)
+
+        def part(t):
+            return None if t is None else t[sl]
         return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.ways,
-                         None if self.classes is None else self.classes[sl],
-                         None if self.views is None else self.views[sl])
+                         part(self.classes), part(self.views), part(self.unlabeled_x))
 
     def chunks(self, size: int) -> list["TaskBatch"]:
         """Split along the task dimension into batches of at most `size` tasks."""
         return [self.select(s, s + size) for s in range(0, self.num_tasks, size)]
 
 
-def check_task_shape(split: ClassSplit, ways: int, shots: int, queries: int) -> None:
-    """Raise a ValueError naming the problem if N-way K-shot Q-query tasks cannot be drawn from `split`."""
-    for name, v, lo in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0)):
-        if not isinstance(v, int) or v < lo:
+def check_task_shape(split: ClassSplit, ways: int, shots: int, queries: int, unlabeled: int = 0,
+                     distractors: int = 0) -> None:
+    """Raise a ValueError naming the problem if N-way K-shot Q-query tasks (with `unlabeled` extra images per class
+    and `distractors` extra classes) cannot be drawn from `split`."""
+    for name, v, lo in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0),
+                        ("unlabeled", unlabeled, 0), ("distractors", distractors, 0)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if ways > split.num_classes:
-        raise ValueError(f"{split.name}: cannot draw {ways}-way tasks, the split has only {split.num_classes} "
-                         f"classes; lower ways to at most {split.num_classes}")
-    need = shots + queries
+    if distractors and not unlabeled:
+        raise ValueError(f"{distractors} distractor classes with 0 unlabeled images per class add nothing: set "
+                         f"unlabeled >= 1 (the distractor classes contribute that many unlabeled images each)")
+    classes = ways + distractors
+    what = f"{ways}-way tasks" + (f" with {distractors} distractor classes" if distractors else "")
+    if classes > split.num_classes:
+        raise ValueError(f"{split.name}: cannot draw {what}, the split has only {split.num_classes} classes; lower "
+                         f"ways{' or distractors' if distractors else ''} to at most {split.num_classes} in all")
+    need = shots + queries + unlabeled
     small = (split.host_counts < need).nonzero().flatten()
     eligible = split.num_classes - small.numel()
-    if small.numel() and eligible < ways:
+    if small.numel() and eligible < classes:
         c = int(small[0])
+        parts = f"{shots} shots + {queries} queries" + (f" + {unlabeled} unlabeled" if unlabeled else "")
         raise ValueError(
-            f"{split.name}: {shots} shots + {queries} queries = {need} images per class are needed, but class "
+            f"{split.name}: {parts} = {need} images per class are needed, but class "
             f"{split.class_names[c]!r} has {int(split.host_counts[c])} ({small.numel()} of {split.num_classes} classes "
-            f"have fewer than {need}; {eligible} have enough for {ways}-way tasks); lower shots or queries")
+            f"have fewer than {need}; {eligible} have enough for {what}); lower shots or queries"
+            f"{' or unlabeled' if unlabeled else ''}")
 
 
 def _draw(counts: torch.Tensor, ways: int, per_class: int, num_tasks: int,
@@ -221,27 +241,48 @@ def _draw(counts: torch.Tensor, ways: int, per_class: int, num_tasks: int,
     return classes, pos
 
 
-def _assemble(split: ClassSplit, classes: torch.Tensor, pos: torch.Tensor, shots: int, queries: int) -> TaskBatch:
+def _assemble(split: ClassSplit, classes: torch.Tensor, pos: torch.Tensor, shots: int, queries: int,
+              ways: int | None = None, unlabeled: int = 0, order: torch.Tensor | None = None) -> TaskBatch:
+    """The TaskBatch of drawn classes [T, N+D] and positions [T, N+D, K+Q+M]: support and query from the first N
+    classes; with `unlabeled` M > 0, the unlabeled set holds positions K+Q.. of every drawn class (the D classes
+    after the first N are the distractors), permuted by `order` [T, (N+D)*M]."""
     device = split.device
     classes, pos = classes.to(device), pos.to(device)
-    num_tasks, ways = classes.shape
-    flat = split.offsets[classes].unsqueeze(-1) + pos  # [T, N, K+Q] index into split.images
+    num_tasks = classes.shape[0]
+    ways = classes.shape[1] if ways is None else ways
+    flat = split.offsets[classes].unsqueeze(-1) + pos  # [T, N+D, K+Q+M] index into split.images
     labels = torch.arange(ways, device=device).view(1, ways, 1)
-    s_idx, q_idx = flat[..., :shots].reshape(num_tasks, -1), flat[..., shots:].reshape(num_tasks, -1)
+    s_idx = flat[:, :ways, :shots].reshape(num_tasks, -1)
+    q_idx = flat[:, :ways, shots:shots + queries].reshape(num_tasks, -1)
     s_y = labels.expand(num_tasks, ways, shots).reshape(num_tasks, -1)
     q_y = labels.expand(num_tasks, ways, queries).reshape(num_tasks, -1)
-    return TaskBatch(split.images[s_idx], s_y, split.images[q_idx], q_y, ways, classes)
+    u = None
+    if unlabeled:
+        u_idx = flat[..., shots + queries:].reshape(num_tasks, -1)
+        u = split.images[torch.gather(u_idx, 1, order.to(device))]
+    return TaskBatch(split.images[s_idx], s_y, split.images[q_idx], q_y, ways, classes[:, :ways], unlabeled_x=u)
 
 
 def sample_tasks(split: ClassSplit, ways: int, shots: int, queries: int, num_tasks: int = 1,
-                 generator: torch.Generator | None = None) -> TaskBatch:
+                 generator: torch.Generator | None = None, unlabeled: int = 0, distractors: int = 0) -> TaskBatch:
     """Draw `num_tasks` N-way K-shot Q-query tasks from `split`, on the split's device, in one vectorized call.
 
-    `generator` must live on the split's device; it makes training reproducible from a seed.
+    `generator` must live on the split's device; it makes training reproducible from a seed. `unlabeled` M > 0
+    adds a semi-supervised unlabeled set (Ren et al. 2018) of M further images of each of the N classes and of
+    `distractors` D further classes, in random order (`TaskBatch.unlabeled_x` [T, (N+D)*M, ...]). With M = D = 0 the
+    draws are exactly those of plain tasks.
     """
-    check_task_shape(split, ways, shots, queries)
-    classes, pos = _draw(split.counts, ways, shots + queries, num_tasks, generator, split.device, split.max_count)
-    return _assemble(split, classes, pos, shots, queries)
+    check_task_shape(split, ways, shots, queries, unlabeled, distractors)
+    classes, pos = _draw(split.counts, ways + distractors, shots + queries + unlabeled, num_tasks, generator,
+                         split.device, split.max_count)
+    order = _unlabeled_order(num_tasks, (ways + distractors) * unlabeled, generator, split.device) if unlabeled \
+        else None
+    return _assemble(split, classes, pos, shots, queries, ways, unlabeled, order)
+
+
+def _unlabeled_order(num_tasks: int, size: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """A random permutation of each task's unlabeled images [T, U], so that their order says nothing of their class."""
+    return torch.argsort(torch.rand(num_tasks, size, generator=generator, device=device), dim=1)
 
 
 def episode_seed(*identity: Any) -> int:
@@ -250,17 +291,25 @@ def episode_seed(*identity: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def eval_episodes(split: ClassSplit, ways: int, shots: int, queries: int, seed: int, start: int, count: int) -> TaskBatch:
-    """Episodes start..start+count-1 of the protocol (split, N, K, Q, seed): a pure function of those values.
+def eval_episodes(split: ClassSplit, ways: int, shots: int, queries: int, seed: int, start: int, count: int,
+                  unlabeled: int = 0, distractors: int = 0) -> TaskBatch:
+    """Episodes start..start+count-1 of the protocol (split, N, K, Q, seed; and M unlabeled images per class, D
+    distractor classes for semi-supervised episodes, see `sample_tasks`): a pure function of those values.
 
     Indices are drawn on the CPU, one generator per episode, so the result does not depend on the device, on the
-    batch size used for evaluation, or on the method being evaluated.
+    batch size used for evaluation, or on the method being evaluated. Episodes with M = D = 0 are those of every
+    earlier release (M and D enter the identity only when they are not 0).
     """
-    check_task_shape(split, ways, shots, queries)
-    cls, pos = [], []
+    check_task_shape(split, ways, shots, queries, unlabeled, distractors)
+    extra = (unlabeled, distractors) if unlabeled or distractors else ()
+    cls, pos, order = [], [], []
     for i in range(start, start + count):
-        g = torch.Generator().manual_seed(episode_seed(split.name, ways, shots, queries, seed, i))
-        c, p = _draw(split.host_counts, ways, shots + queries, 1, g, torch.device("cpu"), split.max_count)
+        g = torch.Generator().manual_seed(episode_seed(split.name, ways, shots, queries, seed, i, *extra))
+        c, p = _draw(split.host_counts, ways + distractors, shots + queries + unlabeled, 1, g, torch.device("cpu"),
+                     split.max_count)
         cls.append(c)
         pos.append(p)
-    return _assemble(split, torch.cat(cls), torch.cat(pos), shots, queries)
+        if unlabeled:
+            order.append(_unlabeled_order(1, (ways + distractors) * unlabeled, g, "cpu"))
+    return _assemble(split, torch.cat(cls), torch.cat(pos), shots, queries, ways, unlabeled,
+                     torch.cat(order) if unlabeled else None)

@@ -30,6 +30,9 @@ class DatasetSpec:
     generic: bool = False
     # the augmentation preset `augment.preset: auto` picks for this data set (a registered preset name)
     augment: str = "generic"
+    # what one example is: "images" (uint8 [C, H, W], resized to image_size); anything else ("vectors", "signals",
+    # "text", "functions") is not resized, and `load` takes the config's `data.options` as a 4th argument
+    inputs: str = "images"
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -45,9 +48,14 @@ def list_datasets() -> list[DatasetSpec]:
 
 
 def load_dataset(name: str, split: str, data_root: str | Path | None = None, image_size: int | None = None,
-                 device: str | torch.device = "cpu") -> ClassSplit:
-    """Load one split of a registered data set as a `ClassSplit` on `device`."""
+                 device: str | torch.device = "cpu", options: dict | None = None) -> ClassSplit:
+    """Load one split of a registered data set as a `ClassSplit` on `device` (a data set of other inputs may
+    return another split type, e.g. `data.regression.RegressionSplit`; `options`: its `data.options`)."""
     spec = get_dataset(name)
+    if spec.inputs != "images":  # no image size; the data set reads its own options (file, columns, ...)
+        if split not in spec.splits:
+            raise ValueError(f"data set {name!r} has no split {split!r}; its splits are: {', '.join(spec.splits)}")
+        return spec.load(resolve_data_root(data_root), split, None, dict(options or {})).to(device)
     if split not in spec.splits:
         close = difflib.get_close_matches(split, spec.splits, n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

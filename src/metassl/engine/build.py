@@ -47,8 +47,11 @@ class Model:
     def train(self, mode: bool = True) -> None:
         self.encoder.train(mode)
 
-    def predict(self, support_x, support_y, query_x, ways):
-        return self.learner.predict(self.params, self.buffers, support_x, support_y, query_x, ways)
+    def predict(self, support_x, support_y, query_x, ways, unlabeled_x=None):
+        if unlabeled_x is None:  # learners written before semi-supervised episodes take no `unlabeled_x`
+            return self.learner.predict(self.params, self.buffers, support_x, support_y, query_x, ways)
+        return self.learner.predict(self.params, self.buffers, support_x, support_y, query_x, ways,
+                                    unlabeled_x=unlabeled_x)
 
     def load_tensors(self, tensors: Tensors, source: str) -> None:
         """Copy saved tensors in place; any missing or unexpected name is reported, nothing is half-loaded."""
@@ -72,7 +75,7 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
     BatchNorm layers that normalize over the whole batch (ProtoNet's, the SSL encoders' and heads') use the
     statistics of the global batch over all processes (`models.layers.GlobalBatchNorm`); the MAML family's per-task
     BatchNorm stays per task."""
-    encoder = build_backbone(cfg.model, image_shape[0]).to(device)
+    encoder = build_backbone(cfg.model, image_shape[0], tuple(image_shape)).to(device)
     options = EngineOptions.from_config(cfg, encoder).for_inputs(tuple(image_shape))
     if options.channels_last:
         encoder.to(memory_format=torch.channels_last)
@@ -80,8 +83,9 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, int, int], preprocess: P
         options, global_batchnorm=global_batchnorm)
     if global_batchnorm:
         use_global_batch_statistics(encoder)  # after the learner: the MAML family has replaced its own by then
-    if cfg.aux.rotation > 0 or cfg.aux.contrastive > 0:
-        learner = SelfSupervisedAuxiliary(learner, cfg.aux.rotation, cfg.aux.contrastive, cfg.aux.temperature)
+    if cfg.aux.rotation > 0 or cfg.aux.contrastive > 0 or cfg.aux.jigsaw > 0:
+        learner = SelfSupervisedAuxiliary(learner, cfg.aux.rotation, cfg.aux.contrastive, cfg.aux.temperature,
+                                          cfg.aux.jigsaw, cfg.aux.jigsaw_permutations)
     dim = feature_dim(encoder, image_shape)
     params = {f"encoder.{k}": v for k, v in encoder.named_parameters()}
     buffers = {f"encoder.{k}": v for k, v in encoder.named_buffers()}
@@ -155,8 +159,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", which: str 
     try:
         preprocess = Preprocess.from_dict(pre)
         shape = tuple(int(v) for v in image_shape)
-        if len(shape) != 3:
-            raise ValueError(f"image_shape {image_shape} is not [channels, height, width]")
+        if not 1 <= len(shape) <= 3:  # images [C, H, W]; vectors [D]; signals [C, L]
+            raise ValueError(f"image_shape {image_shape} is not [channels, height, width] (or [D], [C, L])")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / 'state.json'}: bad 'preprocess' or 'image_shape' ({e}); use another "
                               f"checkpoint of the run or train again") from e

@@ -14,6 +14,9 @@ from ..eval.episodes import Protocol, evaluate
 from ..eval.knn import knn_evaluate
 from ..eval.linear import linear_evaluate
 from ..eval.result import EvalResult
+from ..eval.regression import RegressionProtocol, evaluate_regression
+from ..data.regression import is_regression
+from ..errors import ConfigError
 from ..eval.transductive import method_config, transductive_predict
 from ..config import to_plain
 from .allocator import tune_allocator
@@ -34,7 +37,8 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
                  seed: int | None = None, data_root: str | None = None, which: str = "latest",
                  device: str | None = None, batch_episodes: int | None = None, progress: Progress | None = None,
                  overrides: list[str] | None = None, transductive: str | None = None,
-                 transductive_options: dict | None = None) -> tuple[Model, dict, list[EvalResult]]:
+                 transductive_options: dict | None = None, unlabeled: int | None = None,
+                 distractors: int | None = None) -> tuple[Model, dict, list[EvalResult]]:
     """Few-shot accuracy of a run or checkpoint on fixed episodes, one result per shot count. Every protocol value
     not given comes from the run's config (`data.dataset`, `data.test_split`, the `eval` section); `overrides`
     (`learner.KEY=VALUE`) change how the learner evaluates. `progress` (None or False: none) is called as
@@ -42,7 +46,10 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     `metassl.registry.TRANSDUCTIVE`, e.g. "ptmap") classifies each episode's queries with that transductive method
     on the encoder's features (options: `transductive_options`, e.g. {"n_iter": 30}) instead of the learner's own
     classifier; the protocol of each result then records the method, its options, the query-set size and its class
-    balance. Returns (model, checkpoint state, results)."""
+    balance. `unlabeled` / `distractors` (default: the run's `eval.unlabeled` / `eval.distractors`) make the episodes
+    semi-supervised: M unlabeled images of each class and of D distractor classes come with every episode, used by
+    learners that read them (semi_protonet) and by transductive methods as their extra pool. Returns (model,
+    checkpoint state, results)."""
     method_cfg = None if transductive is None else method_config(transductive, transductive_options)  # fail early
     tune_allocator()
     dist = DistInfo.from_env()
@@ -52,6 +59,22 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     cfg = model.config
     data = load_run_split(model, dataset, split, data_root)
     shot_list = [shots] if isinstance(shots, int) else list(cfg.eval.shots if shots is None else shots)
+    if is_regression(data):  # few-shot regression: MSE / MAE / R² on fixed tasks (eval/regression.py)
+        if transductive is not None:
+            raise ConfigError(f"--transductive {transductive} classifies queries; {data.name} is a regression data "
+                              f"set: drop --transductive")
+        steps = getattr(model.learner, "steps", None)
+        results = []
+        for k in shot_list:
+            rp = RegressionProtocol(_given(dataset, cfg.data.dataset), _given(split, cfg.data.test_split), k,
+                                    _given(queries, cfg.eval.queries), _given(episodes, cfg.eval.episodes),
+                                    cfg.eval.seed if seed is None else seed, steps(False) if steps else None)
+            results.append(evaluate_regression(
+                model.predict, data, rp, _given(batch_episodes, cfg.eval.batch_episodes),
+                progress=_counter(progress, rp) if progress else None,
+                part=dist.share(rp.episodes) if dist.active else None,
+                gather=(lambda x: gather_objects(dist, x)) if dist.active else None))
+        return model, state, results
     predict = model.predict
     if transductive is not None:
         predict = transductive_predict(model.learner, model.params, model.buffers, transductive,
@@ -60,7 +83,8 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     for k in shot_list:
         p = Protocol(_given(dataset, cfg.data.dataset), _given(split, cfg.data.test_split), _given(ways, cfg.eval.ways), k,
                      _given(queries, cfg.eval.queries), _given(episodes, cfg.eval.episodes),
-                     cfg.eval.seed if seed is None else seed)
+                     cfg.eval.seed if seed is None else seed, _given(unlabeled, cfg.eval.unlabeled),
+                     _given(distractors, cfg.eval.distractors))
         r = evaluate(predict, data, p, model.preprocess, _given(batch_episodes, cfg.eval.batch_episodes),
                      progress=_counter(progress, p) if progress else None,
                      part=dist.share(p.episodes) if dist.active else None,
@@ -134,7 +158,8 @@ def compare_runs(runs: Sequence[str | Path], dataset: str | None = None, split: 
                  episodes: int | None = None, seed: int | None = None, data_root: str | None = None,
                  which: str = "latest", device: str | None = None, batch_episodes: int | None = None,
                  progress: Progress | None = None, transductive: str | Sequence[str | None] | None = None,
-                 transductive_options: dict | None = None) -> list[RunComparison]:
+                 transductive_options: dict | None = None, unlabeled: int | None = None,
+                 distractors: int | None = None) -> list[RunComparison]:
     """Evaluate every run on the same episodes and compare each with the first (`eval.compare`). Protocol values
     not given come from the first run's config and are then used for every run, so all see identical episodes.
     `transductive`: one method name for every run, or one per run (None or "none": the run's inductive
@@ -146,12 +171,14 @@ def compare_runs(runs: Sequence[str | Path], dataset: str | None = None, split: 
     for i, run in enumerate(runs):
         model, state, results = evaluate_run(run, dataset, split, ways, shots, queries, episodes, seed, data_root,
                                              which, device, batch_episodes, progress, transductive=methods[i],
-                                             transductive_options=transductive_options if methods[i] else None)
+                                             transductive_options=transductive_options if methods[i] else None,
+                                             unlabeled=unlabeled, distractors=distractors)
         r = results[0]
         if i == 0:  # the first run fixes every protocol value for the others
             p = r.protocol
             dataset, split, ways, shots = p["dataset"], p["split"], p["ways"], p["shots"]
             queries, episodes, seed = p["queries"], p["episodes"], p["seed"]
+            unlabeled, distractors = p.get("unlabeled", 0), p.get("distractors", 0)
         out.append(RunComparison(str(run), model.config.learner.name, int(state["step"]), r, None))
     paired = compare_results([c.result for c in out])
     for c, pc in zip(out, paired):

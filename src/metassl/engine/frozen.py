@@ -29,8 +29,11 @@ def load_run_split(model: Model, dataset: str | None = None, split: str | None =
     the model was trained on."""
     cfg = model.config
     ds, sp = dataset or cfg.data.dataset, split or cfg.data.test_split
-    data = load_dataset(ds, sp, data_root or cfg.data.root, model.image_shape[-1],
-                        device if device is not None else model.params[next(iter(model.params))].device)
+    # images: the model's image size; other inputs (vectors, functions) are never resized
+    size = model.image_shape[-1] if len(model.image_shape) == 3 else None
+    data = load_dataset(ds, sp, data_root or cfg.data.root, size,
+                        device if device is not None else model.params[next(iter(model.params))].device,
+                        cfg.data.options)
     if data.image_shape != tuple(model.image_shape):
         raise ValueError(f"{ds}/{sp} images are {data.image_shape} but the model was trained on "
                          f"{tuple(model.image_shape)} images")

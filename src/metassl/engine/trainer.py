@@ -43,7 +43,9 @@ from ..data.augment import resolve_augment
 from ..data.episodic import check_task_shape
 from ..data.registry import load_dataset
 from ..data.task_sources import AuxiliaryViews, make_task_source
+from ..data.regression import is_regression
 from ..eval.episodes import Protocol, evaluate
+from ..eval.regression import RegressionProtocol, evaluate_regression
 from ..eval.features import embed_images
 from ..eval.knn import KNNMonitor
 from ..learners import LossOutput, get_learner
@@ -69,6 +71,24 @@ class TrainResult:
     final_loss: float | None
     best_val: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_regression_run(cfg: RunConfig) -> None:
+    """A regression data set (real targets) trains a learner that regresses, on the `regression` task source."""
+    from ..learners.base import check_task_type
+
+    check_task_type(get_learner(cfg.learner.name), "regression", cfg.data.dataset)
+    source = task_source_name(cfg.tasks.source, cfg.learner.name)
+    if source != "regression":
+        raise ConfigError(f"data.dataset={cfg.data.dataset} gives regression tasks (real targets), but tasks.source="
+                          f"{cfg.tasks.source} ({source}) draws classification episodes: set tasks.source=regression")
+    for key, value, ok in (("data.train_fraction", cfg.data.train_fraction, cfg.data.train_fraction == 1.0),
+                           ("train.knn_every", cfg.train.knn_every, not cfg.train.knn_every),
+                           ("aux.rotation", cfg.aux.rotation, not cfg.aux.rotation),
+                           ("aux.contrastive", cfg.aux.contrastive, not cfg.aux.contrastive)):
+        if not ok:
+            raise ConfigError(f"{key}={value} needs class labels; a regression data set ({cfg.data.dataset}) has "
+                              f"none: leave {key} at its default")
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -278,19 +298,29 @@ class Trainer:
         root = data_root or cfg.data.root
         self.data_root = root
         d = cfg.data
-        self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device)
+        self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device, d.options)
+        self.task_type = "regression" if is_regression(self.train_split) else "classification"
+        if self.task_type == "regression":  # real targets: the MAML family, on the regression task source
+            check_regression_run(cfg)
+        else:
+            from ..learners.base import check_task_type
+
+            check_task_type(get_learner(cfg.learner.name), "classification", d.dataset)
         if d.train_fraction < 1.0:
             self.train_split = class_fraction(self.train_split, d.train_fraction, cfg.seed)
             echo(f"data.train_fraction={d.train_fraction}: training on {self.train_split.num_classes} classes "
                  f"({self.train_split.images.shape[0]} images)")
-        self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device)
+        self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device, d.options)
                           if d.val_split and cfg.train.val_every else None)
         try:
             source = task_source_name(cfg.tasks.source, cfg.learner.name)
             if source == "labeled":  # unlabeled sources (views) need no N-way K-shot tasks from the training split
                 check_task_shape(self.train_split, cfg.tasks.ways, cfg.tasks.shots, cfg.tasks.queries)
-            if self.val_split is not None:
-                check_task_shape(self.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries)
+            if self.val_split is not None and self.task_type == "regression":
+                self.val_split.check(cfg.eval.shots[0], cfg.eval.queries)
+            elif self.val_split is not None:
+                check_task_shape(self.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries,
+                                 cfg.eval.unlabeled, cfg.eval.distractors)
         except ValueError as e:
             raise ConfigError(f"tasks/eval settings do not fit the data: {e}") from e
         self.preprocess = self.train_split.preprocess
@@ -310,7 +340,7 @@ class Trainer:
             self.source = AuxiliaryViews(self.source, resolve_augment(cfg.augment, d.dataset), self.generator)
         self.knn = None  # online kNN monitor (train.knn_every): memory bank from the train split, test-split queries
         if cfg.train.knn_every:
-            test = load_dataset(d.dataset, d.test_split, root, d.image_size, self.device)
+            test = load_dataset(d.dataset, d.test_split, root, d.image_size, self.device, d.options)
             try:
                 self.knn = KNNMonitor(self.model, self.train_split, test, self.preprocess, d.dataset)
             except ValueError as e:
@@ -396,7 +426,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "image_shape": list(self.model.image_shape),
                 "preprocess": self.preprocess.to_dict(), "learner": self.cfg.learner.name,
-                "dataset": self.cfg.data.dataset, "best_val": self.best_val, "param_names": self.param_names,
+                "dataset": self.cfg.data.dataset, "task_type": self.task_type, "best_val": self.best_val, "param_names": self.param_names,
                 "environment": environment(), "saved_at": datetime.now().isoformat(timespec="seconds"),
                 # what a resumed run needs to continue exactly: the path choice and the unlogged steps
                 "engine": self.runner.state_dict() if self.runner is not None else self.runner_state,
@@ -572,8 +602,20 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         cfg = self.cfg
+        if self.task_type == "regression":  # MSE on fixed validation tasks; `score` (higher is better) = -MSE
+            rp = RegressionProtocol(cfg.data.dataset, cfg.data.val_split, cfg.eval.shots[0], cfg.eval.queries,
+                                    cfg.train.val_episodes, cfg.eval.seed)
+            self.model.train(False)
+            r = evaluate_regression(self.model.predict, self.val_split, rp, cfg.eval.batch_episodes,
+                                    part=self.dist.share(rp.episodes) if self.dist.active else None,
+                                    gather=(lambda x: distributed.gather_objects(self.dist, x)) if self.dist.active
+                                    else None)
+            self.model.train(True)
+            mse = r.metrics["mse"]
+            return {"mse": mse["mean"], "ci95": mse["ci95"], "protocol": rp.tag, "r2": r.metrics["r2"]["mean"],
+                    "score": -mse["mean"]}
         p = Protocol(cfg.data.dataset, cfg.data.val_split, cfg.eval.ways, cfg.eval.shots[0], cfg.eval.queries,
-                     cfg.train.val_episodes, cfg.eval.seed)
+                     cfg.train.val_episodes, cfg.eval.seed, cfg.eval.unlabeled, cfg.eval.distractors)
         self.model.train(False)
         r = evaluate(self.model.predict, self.val_split, p, self.preprocess, cfg.eval.batch_episodes,
                      part=self.dist.share(p.episodes) if self.dist.active else None,
@@ -656,11 +698,15 @@ class Trainer:
                         self.step % cfg.train.val_every == 0 or self.step == total):
                     v = self.validate()
                     self.logger.log(self.step, v, kind="val")
-                    if bar is not None:
+                    if bar is not None and "mse" in v:
+                        bar.write(f"step {self.step}: validation {v['protocol']} MSE {v['mse']:.4f} ± "
+                                  f"{v['ci95']:.4f}")
+                    elif bar is not None:
                         bar.write(f"step {self.step}: validation {v['protocol']} {v['accuracy']:.2f} ± "
                                   f"{v['ci95']:.2f}%")
-                    if self.best_val is None or v["accuracy"] > self.best_val:
-                        self.best_val = v["accuracy"]
+                    score = v.get("score", v.get("accuracy"))  # higher is better (regression: -MSE)
+                    if self.best_val is None or score > self.best_val:
+                        self.best_val = score
                         self.save(name="best")
                 if self.step == total:
                     self._summarize_training_split()

@@ -74,7 +74,8 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> PairedCompariso
 def same_episodes_key(r: EvalResult) -> tuple:
     """What must be equal for two few-shot results to be paired: the data, the episode shape, count and seed."""
     p = r.protocol
-    return tuple(p.get(k) for k in ("name", "dataset", "split", "ways", "shots", "queries", "episodes", "seed"))
+    return tuple(p.get(k) for k in ("name", "dataset", "split", "ways", "shots", "queries", "episodes", "seed")) + \
+        (p.get("unlabeled", 0), p.get("distractors", 0))  # semi-supervised episodes draw other support sets
 
 
 def compare_results(results: Sequence[EvalResult]) -> list[PairedComparison | None]:

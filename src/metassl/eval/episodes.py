@@ -24,14 +24,21 @@ class Protocol:
     queries: int
     episodes: int
     seed: int
+    # semi-supervised episodes (Ren et al. 2018): M unlabeled images of each class and of D distractor classes
+    unlabeled: int = 0
+    distractors: int = 0
 
     @property
     def tag(self) -> str:
         return f"{self.ways}w{self.shots}s"
 
     def to_dict(self) -> dict[str, Any]:
-        """The protocol as `EvalResult.protocol` records it: its name, then these fields."""
-        return {"name": "fewshot", **asdict(self)}
+        """The protocol as `EvalResult.protocol` records it: its name, then these fields (`unlabeled` and
+        `distractors` only for semi-supervised episodes, so plain protocols read as they always did)."""
+        d = {"name": "fewshot", **asdict(self)}
+        if not (self.unlabeled or self.distractors):
+            del d["unlabeled"], d["distractors"]
+        return d
 
 
 PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -41,7 +48,8 @@ def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preproce
              batch_episodes: int = 50, progress: Callable[[int], None] | None = None,
              part: tuple[int, int] | None = None, gather: Callable[[Any], list[Any]] | None = None) -> EvalResult:
     """Run `protocol`'s episodes through `predict(support_x, support_y, query_x, ways) -> logits [T, Nq, N]`, under
-    torch.no_grad (learners that adapt by gradient steps enable gradients themselves).
+    torch.no_grad (learners that adapt by gradient steps enable gradients themselves). Semi-supervised protocols
+    (`protocol.unlabeled` > 0) call `predict(..., unlabeled_x=U)` with the episode's unlabeled images [T, U, ...].
 
     Episode i is the same for every method (see `eval_episodes`), so results of different methods are paired.
     Several processes: each evaluates its `part` [start, stop) of the episodes and `gather` (every process's
@@ -55,10 +63,12 @@ def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preproce
     first, last = part or (0, protocol.episodes)
     for start in range(first, last, batch_episodes):
         count = min(batch_episodes, last - start)
-        tasks = eval_episodes(split, protocol.ways, protocol.shots, protocol.queries, protocol.seed, start, count)
+        tasks = eval_episodes(split, protocol.ways, protocol.shots, protocol.queries, protocol.seed, start, count,
+                              protocol.unlabeled, protocol.distractors)
         tasks = tasks.map_images(prep)
+        extra = {} if tasks.unlabeled_x is None else {"unlabeled_x": tasks.unlabeled_x}
         with torch.no_grad():
-            logits = predict(tasks.support_x, tasks.support_y, tasks.query_x, protocol.ways)
+            logits = predict(tasks.support_x, tasks.support_y, tasks.query_x, protocol.ways, **extra)
         m = episode_metrics(logits, tasks.query_y, protocol.ways)
         for k in METRICS:
             per[k].append(m[k].cpu())

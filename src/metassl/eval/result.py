@@ -14,7 +14,8 @@ class EvalResult:
     """What one protocol measured.
 
     `protocol` names the protocol and everything needed to repeat it: `{"name": "fewshot", "dataset", "split",
-    "ways", "shots", "queries", "episodes", "seed"}`, or `{"name": "knn" | "linear", ...}` with the settings, splits
+    "ways", "shots", "queries", "episodes", "seed"}`, `{"name": "regression", ...}` (few-shot regression,
+    `eval/regression.py`: accuracy nan, metrics mse / mae / r2), or `{"name": "knn" | "linear", ...}` with the settings, splits
     and subset sizes; a transductive few-shot result adds `transductive` (the method), `transductive_options`,
     `query_set_size` and `query_balance`, since its accuracy depends on the query set.
     `ci95` is nan where no confidence interval is defined (kNN, linear probe: one number over the
@@ -38,6 +39,9 @@ class EvalResult:
     def tag(self) -> str:
         """`5w1s` for a few-shot protocol (the key of `eval.paper`), else the protocol's name."""
         p = self.protocol
+        if self.name == "regression":  # `k10_1step`: K and the evaluation inner steps (eval/regression.py)
+            steps = p.get("inner_steps")
+            return f"k{p['shots']}" + ("" if steps is None else f"_{steps}step{'s' if steps != 1 else ''}")
         return f"{p['ways']}w{p['shots']}s" if self.name == "fewshot" else self.name
 
     def to_dict(self, per_episode: bool = False) -> dict[str, Any]:
@@ -49,7 +53,7 @@ class EvalResult:
         d: dict[str, Any] = {"protocol": dict(self.protocol), "accuracy": self.accuracy, "ci95": self.ci95,
                              **{k: v["mean"] for k, v in self.metrics.items() if k != "accuracy"},
                              "metrics": self.metrics}
-        if self.name != "fewshot":
+        if self.name not in ("fewshot", "regression"):
             d["top1"] = self.accuracy / 100.0
         if self.per_class_accuracy:
             d["per_class_accuracy"] = self.per_class_accuracy
@@ -66,9 +70,18 @@ class EvalResult:
             if p.get("transductive"):  # transductive accuracy depends on the query set: say which one
                 how = (f", transductive {p['transductive']} on query sets of {p.get('query_set_size', '?')} images, "
                        f"{p.get('query_balance', 'balance not recorded')}")
+            if p.get("unlabeled") or p.get("distractors"):
+                how += (f", {p.get('unlabeled', 0)} unlabeled images per class and {p.get('distractors', 0)} "
+                        f"distractor classes per episode")
             return (f"{p['dataset']}/{p['split']} {p['ways']}-way {p['shots']}-shot ({p['episodes']} episodes, "
                     f"{p['queries']} queries, seed {p['seed']}{how}): accuracy {self.accuracy:.2f} ± "
                     f"{self.ci95:.2f}%  F1 {m['f1']['mean']:.3f}  ROC-AUC {m['roc_auc']['mean']:.3f}")
+        if self.name == "regression":  # few-shot regression: errors on the query points of fixed tasks
+            steps = "" if p.get("inner_steps") is None else f", {p['inner_steps']} inner step{'s' if p['inner_steps'] != 1 else ''}"
+            return (f"{p['dataset']}/{p['split']} {p['shots']}-shot regression ({p['episodes']} tasks, "
+                    f"{p['queries']} query points, seed {p['seed']}{steps}): MSE {m['mse']['mean']:.4f} ± "
+                    f"{m['mse']['ci95']:.4f}  MAE {m['mae']['mean']:.4f} ± {m['mae']['ci95']:.4f}  "
+                    f"R² {m['r2']['mean']:.3f}")
         if self.name == "knn":
             return (f"{p['dataset']} kNN (k={p['k']}, T={p['temperature']}, cosine; memory bank {p['train_split']} "
                     f"{p['train_size']} images, queries {p['test_split']} {p['test_size']}): "

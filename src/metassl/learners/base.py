@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import LearnerConfig
+from ..config import ConfigError, LearnerConfig
 from ..data.episodic import TaskBatch
 from ..registry import LEARNERS
 
@@ -36,7 +36,7 @@ ENCODER = "encoder."
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 __all__ = ["ENCODER", "EngineOptions", "Learner", "LearnerSpec", "LossOutput", "Tensors", "get_learner",
-           "query_loss", "register_learner", "sub", "task_loss"]
+           "query_loss", "register_learner", "sub", "task_loss", "check_task_type"]
 
 
 def sub(tensors: Tensors, prefix: str) -> Tensors:
@@ -93,6 +93,11 @@ class Learner:
     #: the tasks of a batch depend on each other in order (Reptile's carried inner Adam state), so a batch cannot
     #: be split over processes
     sequential_tasks: bool = False
+    #: the learner adapts to few-shot regression tasks (real targets, MSE; `data.regression`): the MAML family.
+    #: Metric, closed-form and transfer learners classify, and the trainer refuses them on a regression data set
+    supports_regression: bool = False
+    #: the learner only regresses (the MAML paper's pretrained baseline): refused on classification data sets
+    regression_only: bool = False
 
     def __init__(self, config: Any, encoder: nn.Module, options: EngineOptions | None = None):
         self.config = config
@@ -174,9 +179,10 @@ class Learner:
         raise NotImplementedError
 
     def predict(self, params: Tensors, buffers: Tensors, support_x: torch.Tensor, support_y: torch.Tensor,
-                query_x: torch.Tensor, ways: int) -> torch.Tensor:
+                query_x: torch.Tensor, ways: int, unlabeled_x: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [T, Nq, N] of the query images after adapting to the support set (evaluation path; runs under
-        torch.no_grad: learners that adapt by gradient steps enable gradients themselves)."""
+        torch.no_grad: learners that adapt by gradient steps enable gradients themselves). `unlabeled_x`: the
+        episode's unlabeled images (semi-supervised episodes); an inductive learner ignores them."""
         return self.classify(params, buffers, self.adapt(params, buffers, support_x, support_y, ways), query_x)
 
     def loss(self, params: Tensors, buffers: Tensors, batch: TaskBatch) -> LossOutput:
@@ -249,3 +255,18 @@ def _add(spec: LearnerSpec) -> LearnerSpec:
 
 def get_learner(name: str) -> LearnerSpec:
     return LEARNERS.lookup(name)
+
+
+def check_task_type(spec: LearnerSpec, task_type: str, dataset: str) -> None:
+    """A ConfigError when the learner cannot train on the data set's kind of task (regression: the MAML family)."""
+    if task_type != "regression":
+        if getattr(spec.build, "regression_only", False):
+            raise ConfigError(f"learner.name={spec.name} regresses (real targets), but data.dataset={dataset} gives "
+                              f"classification episodes: use a regression data set (e.g. data.dataset=sinusoid), or "
+                              f"learner.name=baseline / baseline_pp for the classification counterpart")
+        return
+    if getattr(spec.build, "supports_regression", False):
+        return
+    fits = sorted(n for n, s in LEARNERS.items() if getattr(s.build, "supports_regression", False))
+    raise ConfigError(f"learner.name={spec.name} classifies, but data.dataset={dataset} gives regression tasks (real "
+                      f"targets): use a gradient-based learner, one of {', '.join(fits)}")

@@ -301,6 +301,7 @@ class GradientLearner(Learner):
 
     maps_tasks = True
     inner_optimizer = "sgd"
+    supports_regression = True  # float targets: the inner and outer losses are MSE (`base.task_loss`)
 
     def __init__(self, config: Any, encoder: nn.Module, options=None):
         super().__init__(config, encoder, options)

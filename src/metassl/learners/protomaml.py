@@ -69,6 +69,7 @@ def _head_forward(params, buffers, z):
 @register_learner("protomaml", ProtoMAMLConfig,
                   description="MAML with the linear head initialized per task from the support prototypes (any ways)")
 class ProtoMAML(GradientLearner):
+    supports_regression = False  # its head is made of class prototypes
     def init_params(self, feature_dim, ways):
         return {}  # the head is built per task from the prototypes: no meta-learned head, no fixed number of ways
 

@@ -171,8 +171,9 @@ class Reptile(GradientLearner):
         end = {f"{ADAM}t": state["t"].detach().reshape(1)}
         for part in ("m", "v"):
             end.update({f"{ADAM}{part}.{k}": x.detach().unsqueeze(0) for k, x in state[part].items()})
+        metric = "mse" if tasks.query_y.is_floating_point() else "accuracy"
         return LossOutput(torch.stack(objs).mean(), {"loss": torch.stack(losses).mean(),
-                                                     "accuracy": torch.stack(accs).mean()}, end)
+                                                     metric: torch.stack(accs).mean()}, end)
 
 
 register_learner(LearnerSpec("reptile", ReptileConfig, Reptile,

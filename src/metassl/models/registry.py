@@ -3,6 +3,7 @@ function, registered with `register_backbone` and found by plugin discovery."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -43,13 +44,23 @@ def get_backbone(name: str) -> BackboneSpec:
     return BACKBONES.lookup(name)
 
 
-def build_backbone(config: Any, in_channels: int) -> nn.Module:
-    return get_backbone(config.backbone).build(config, in_channels)
+def build_backbone(config: Any, in_channels: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The encoder for inputs of `in_channels` channels. A backbone whose build takes `input_shape` (the shape of one
+    input: images [C, H, W], vectors [D], signals [C, L]) gets it; the others take images only."""
+    build = get_backbone(config.backbone).build
+    if "input_shape" in inspect.signature(build).parameters:
+        return build(config, in_channels, input_shape=None if input_shape is None else tuple(input_shape))
+    if input_shape is not None and len(input_shape) != 3:
+        from ..errors import ConfigError
+        takes = sorted(n for n, s in BACKBONES.items() if "input_shape" in inspect.signature(s.build).parameters)
+        raise ConfigError(f"model.backbone={config.backbone} takes images [C, H, W], but the data set's inputs have "
+                          f"shape {list(input_shape)}: use model.backbone={' or '.join(takes)}")
+    return build(config, in_channels)
 
 
 @torch.no_grad()
-def feature_dim(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
-    """The embedding size for images of this shape (one dry forward pass in eval mode)."""
+def feature_dim(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """The embedding size for inputs of this shape (one dry forward pass in eval mode)."""
     was = model.training
     model.eval()
     p = next(model.parameters())

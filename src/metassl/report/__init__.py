@@ -157,10 +157,13 @@ class ReportResult:
 
 
 def write_report(run: str | Path, data_root: str | None = None, episodes: int | None = None, device: str = "cpu",
-                 out: str | Path | None = None, compare_with: list[str | Path] | None = None) -> ReportResult:
+                 out: str | Path | None = None, compare_with: list[str | Path] | None = None,
+                 transductive: list[str] | None = None) -> ReportResult:
     """Evaluate a run on its test split and write `report.html` with its figures into `<run>/report/`.
     `compare_with`: other runs, evaluated on the same episodes as this run's first protocol; the page then shows
-    the paired comparison (`metassl compare`) of every run against this one."""
+    the paired comparison (`metassl compare`) of every run against this one. `transductive`: methods of
+    `metassl.eval.transductive`; the page adds their accuracy on the same episodes, paired against the run's own
+    (inductive) classifier, in a table of its own that states the query-set size and balance."""
     run = Path(run)
     model, info = load_model(run, torch.device(device))
     cfg = model.config
@@ -168,6 +171,11 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
     folder = Path(out) if out else run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     split = load_run_split(model, data_root=data_root)
+    if getattr(split, "task_type", "") == "regression":  # few-shot regression (issue 18): its own page
+        from .regression import regression_report
+
+        page, figs, rtable = regression_report(run, run_dir, split, folder, device, episodes, info)
+        return ReportResult(page, figs, rtable)
     eps = episodes or cfg.eval.episodes
     ways = min(cfg.eval.ways, split.num_classes)
     figures, table = [], []
@@ -175,7 +183,8 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
     if curves:
         figures.append(curves)
     for k in cfg.eval.shots:
-        p = Protocol(cfg.data.dataset, cfg.data.test_split, ways, k, cfg.eval.queries, eps, cfg.eval.seed)
+        p = Protocol(cfg.data.dataset, cfg.data.test_split, ways, k, cfg.eval.queries, eps, cfg.eval.seed,
+                     cfg.eval.unlabeled, cfg.eval.distractors)
         r = evaluate(model.predict, split, p, model.preprocess, cfg.eval.batch_episodes)
         table.append({**r.to_dict(), "paper_accuracy": cfg.eval.paper.get(p.tag)})
     sweep = shot_sweep(model, split, ways, cfg.eval.queries, eps, cfg.eval.seed)
@@ -193,7 +202,15 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
             [run, *compare_with], p["dataset"], p["split"], p["ways"], p["shots"], p["queries"], p["episodes"],
             p["seed"], data_root, device=device)]
         atomic_write_text(folder / "comparison.json", json.dumps(comparison, indent=1) + "\n")
-    page = _html(cfg, info, table, sweep, figures, folder, comparison)
+    transductive_rows = []
+    if transductive:
+        p = table[0]["protocol"]
+        transductive_rows = [c.to_dict() for c in compare_runs(
+            [run] * (1 + len(transductive)), p["dataset"], p["split"], p["ways"], p["shots"], p["queries"],
+            p["episodes"], p["seed"], data_root, device=device, transductive=[None, *transductive],
+            unlabeled=p.get("unlabeled", 0), distractors=p.get("distractors", 0))]
+        atomic_write_text(folder / "transductive.json", json.dumps(transductive_rows, indent=1) + "\n")
+    page = _html(cfg, info, table, sweep, figures, folder, comparison, transductive_rows)
     atomic_write_text(folder / "report.html", page)
     atomic_write_text(folder / "evaluation.json", json.dumps(table, indent=1) + "\n")
     return ReportResult(folder / "report.html", figures, table)
@@ -225,7 +242,29 @@ def _comparison_html(rows: list[dict]) -> str:
             f"{''.join(body)}</table>")
 
 
-def _html(cfg, info, table, sweep, figures, folder: Path, comparison: list[dict] | None = None) -> str:
+def _transductive_html(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    e = html.escape
+    p = rows[0]["protocol"]
+    body = []
+    for r in rows:
+        c, q = r["paired_vs_first"], r["protocol"]
+        name = q.get("transductive") or "inductive (the run's classifier)"
+        vs = "<td colspan=2>reference</td>" if c is None else (
+            f"<td>{c['mean_difference']:+.2f} ± {c['ci95']:.2f}</td><td>{c['wins']}/{c['losses']}</td>")
+        body.append(f"<tr><td>{e(name)}</td><td><b>{r['accuracy']:.2f} ± {_num(r['ci95'], '.2f')}</b></td>{vs}</tr>")
+    return (f"<h2>Transductive inference ({e(p['dataset'])}/{e(p['split'])} {p['ways']}-way {p['shots']}-shot, "
+            f"{p['episodes']} episodes)</h2>\n<p>Each method classifies an episode's {p['ways'] * p['queries']} "
+            f"query images together (balanced: {p['queries']} per class), so these accuracies depend on the "
+            f"query set's size and balance and are not comparable with inductive numbers of other protocols. "
+            f"Differences are paired against the run's own classifier on the same episodes.</p>\n<table><tr>"
+            f"<th>method</th><th>accuracy (%)</th><th>difference</th><th>wins/losses</th></tr>{''.join(body)}"
+            f"</table>")
+
+
+def _html(cfg, info, table, sweep, figures, folder: Path, comparison: list[dict] | None = None,
+          transductive_rows: list[dict] | None = None) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(r['protocol']['dataset'])}/{e(r['protocol']['split'])}</td><td>{r['protocol']['ways']}-way "
@@ -254,6 +293,7 @@ Checkpoint <code>{e(info['checkpoint'])}</code>; torch {e(str(env.get('torch', '
 <table><tr><th>split</th><th>protocol</th><th>episodes</th><th>accuracy (%)</th><th>paper (%)</th><th>macro F1</th>
 <th>ROC-AUC</th></tr>{rows}</table>
 {_comparison_html(comparison or [])}
+{_transductive_html(transductive_rows or [])}
 <h2>Accuracy against shots</h2>
 <table><tr><th>shots</th><th>queries per class</th><th>accuracy (%)</th></tr>{sweep_rows}</table>
 <h2>Figures</h2>{imgs}

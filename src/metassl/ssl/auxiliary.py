@@ -8,7 +8,11 @@ episode's images (support and query):
   drawn by `metassl.data.task_sources.AuxiliaryViews` with the run's `augment` section), through a two-layer
   projection head (`learner.aux_contrastive.*`, hidden width = feature size, 128 outputs), temperature
   `aux.temperature`. On Omniglot, whose rotated characters are classes of their own in the Vinyals split, rotation
-  prediction is partly a classification of the characters; the contrastive term has no such overlap.
+  prediction is partly a classification of the characters; the contrastive term has no such overlap;
+- `aux.jigsaw`: jigsaw puzzles (Noroozi & Favaro 2016, `ssl/jigsaw.py`): each image's 3x3 tiles (gap 0.15, each
+  normalized and resized to the image size) shuffled by one of `aux.jigsaw_permutations` maximal-Hamming
+  permutations (seed 0, regenerated identically from the config), a two-layer head on the concatenated tile
+  features (`learner.aux_jigsaw.*`: 9 D -> 512 -> P) predicting which.
 
 The heads are not used to adapt or classify, so evaluation and prediction are those of the wrapped learner. With
 every weight 0 nothing is wrapped and the learner is exactly the plain one.
@@ -22,10 +26,13 @@ import torch
 
 from ..data.episodic import TaskBatch
 from ..learners.base import Learner, LossOutput, Tensors
+from .jigsaw import TILES, hamming_permutation_set, jigsaw_loss, jigsaw_views
 from .losses import nt_xent_loss, rotate4, rotation_loss
 
 ROTATION_HEAD = "learner.aux_rotation."
 CONTRASTIVE_HEAD = "learner.aux_contrastive."
+JIGSAW_HEAD = "learner.aux_jigsaw."
+JIGSAW_HIDDEN, JIGSAW_GAP = 512, 0.15
 PROJECTION_DIM = 128
 
 
@@ -39,9 +46,12 @@ class SelfSupervisedAuxiliary:
     """Wraps a learner: same functions, its `loss` plus the weighted auxiliary terms; other attributes (adapt,
     classify, update, options, ...) are the wrapped learner's."""
 
-    def __init__(self, inner: Learner, rotation: float = 0.0, contrastive: float = 0.0, temperature: float = 0.5):
+    def __init__(self, inner: Learner, rotation: float = 0.0, contrastive: float = 0.0, temperature: float = 0.5,
+                 jigsaw: float = 0.0, jigsaw_permutations: int = 100):
         self.inner = inner
         self.rotation, self.contrastive, self.temperature = float(rotation), float(contrastive), float(temperature)
+        self.jigsaw, self.jigsaw_permutations = float(jigsaw), int(jigsaw_permutations)
+        self.permutations = hamming_permutation_set(self.jigsaw_permutations) if self.jigsaw > 0 else None
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (copying): no recursion
@@ -50,7 +60,7 @@ class SelfSupervisedAuxiliary:
 
     def with_options(self, options: Any = None, **changes: Any) -> "SelfSupervisedAuxiliary":
         return SelfSupervisedAuxiliary(self.inner.with_options(options, **changes), self.rotation, self.contrastive,
-                                       self.temperature)
+                                       self.temperature, self.jigsaw, self.jigsaw_permutations)
 
     def init_params(self, feature_dim: int, ways: int) -> Tensors:
         params = dict(self.inner.init_params(feature_dim, ways))
@@ -61,6 +71,11 @@ class SelfSupervisedAuxiliary:
             w2, b2 = _linear_init(PROJECTION_DIM, feature_dim)
             params.update({CONTRASTIVE_HEAD + "0.weight": w1, CONTRASTIVE_HEAD + "0.bias": b1,
                            CONTRASTIVE_HEAD + "1.weight": w2, CONTRASTIVE_HEAD + "1.bias": b2})
+        if self.jigsaw > 0:
+            w1, b1 = _linear_init(JIGSAW_HIDDEN, TILES * feature_dim)
+            w2, b2 = _linear_init(self.jigsaw_permutations, JIGSAW_HIDDEN)
+            params.update({JIGSAW_HEAD + "0.weight": w1, JIGSAW_HEAD + "0.bias": b1,
+                           JIGSAW_HEAD + "1.weight": w2, JIGSAW_HEAD + "1.bias": b2})
         return params
 
     def rotation_term(self, params: Tensors, buffers: Tensors, images: torch.Tensor
@@ -79,14 +94,27 @@ class SelfSupervisedAuxiliary:
         p = h @ params[CONTRASTIVE_HEAD + "1.weight"].t() + params[CONTRASTIVE_HEAD + "1.bias"]
         return nt_xent_loss(p[:b], p[b:], self.temperature)
 
+    def jigsaw_term(self, params: Tensors, buffers: Tensors, images: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One jigsaw puzzle per image of `images` [M, C, H, W]: cross-entropy of the permutation head."""
+        tiles, labels = jigsaw_views(images, self.permutations, JIGSAW_GAP, True, key="aux.jigsaw's gap")
+        z = self.inner.embed(params, buffers, tiles).flatten(1)  # [M, 9 D], slot order
+        h = torch.relu(z @ params[JIGSAW_HEAD + "0.weight"].t() + params[JIGSAW_HEAD + "0.bias"])
+        return jigsaw_loss(h @ params[JIGSAW_HEAD + "1.weight"].t() + params[JIGSAW_HEAD + "1.bias"], labels)
+
     def loss(self, params: Tensors, buffers: Tensors, batch: Any) -> LossOutput:
         out = self.inner.loss(params, buffers, batch)
         loss, aux = out.loss, dict(out.metrics)
-        if self.rotation > 0:
+        if self.rotation > 0 or self.jigsaw > 0:
             if isinstance(batch, TaskBatch):
                 images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
             else:  # a ViewBatch: every view of every image
                 images = batch.views.flatten(0, 1)
+        if self.jigsaw > 0:
+            jig, acc = self.jigsaw_term(params, buffers, images)
+            loss = loss + self.jigsaw * jig
+            aux.update(aux_jigsaw_loss=jig.detach(), aux_jigsaw_accuracy=acc)
+        if self.rotation > 0:
             rot, acc = self.rotation_term(params, buffers, images)
             loss = loss + self.rotation * rot
             aux.update(aux_rotation_loss=rot.detach(), aux_rotation_accuracy=acc)

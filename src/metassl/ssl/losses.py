@@ -15,6 +15,13 @@ when the batch cannot define the loss (e.g. one image for a contrastive loss).
                       to assign queue entries to the images of a batch.
 - `pseudo_supcon_loss` PsCo (Jang et al. 2023), eq. 3: supervised contrastive loss of N queries against the N x K
                       pseudo-labelled support embeddings of their few-shot pseudo-task.
+- `dino_loss`, `dino_center`, `teacher_temperature`  DINO (Caron et al. 2021): cross-entropy between the centred,
+                      sharpened teacher distribution of each global view and the student's of every other view; the
+                      centre's EMA; the teacher temperature's linear warm-up.
+- `swav_loss`         SwAV (Caron et al. 2020), eq. 1-3: swapped prediction of the Sinkhorn codes (`sinkhorn`) of
+                      each global view from every other view.
+- `nearest_neighbour`, `nnclr_loss`  NNCLR (Dwibedi et al. 2021), eq. 1: the support-set nearest neighbour (cosine)
+                      of each embedding as the positive of the other view's prediction.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["nt_xent_loss", "info_nce_loss", "normalized_mse", "negative_cosine", "barlow_twins_loss",
-           "vicreg_loss", "rotate4", "rotation_loss", "embedding_std", "sinkhorn", "pseudo_supcon_loss"]
+           "vicreg_loss", "rotate4", "rotation_loss", "embedding_std", "sinkhorn", "pseudo_supcon_loss",
+           "dino_loss", "dino_center", "teacher_temperature", "swav_loss", "nearest_neighbour", "nnclr_loss"]
 
 
 def _need(cond: bool, message: str) -> None:
@@ -198,3 +206,94 @@ def pseudo_supcon_loss(q: torch.Tensor, shots: torch.Tensor, temperature: float 
     proto = logits.reshape(n, n, k).mean(2)  # [N, N]: q_i . mean_k s_jk / T
     acc = (proto.argmax(1) == torch.arange(n, device=q.device)).float().mean().detach()
     return loss, acc
+
+
+def teacher_temperature(step, warmup_temp: float = 0.04, temp: float = 0.07, warmup_steps: int = 0):
+    """DINO's teacher temperature: linear from `warmup_temp` at step 0 to `temp` at `warmup_steps`, then constant
+    (the paper: 0.04 -> 0.07 over the first 30 epochs). `step` may be an int or a tensor (then a tensor, computed
+    on the device without a host read)."""
+    if warmup_steps <= 0:
+        return temp if not torch.is_tensor(step) else torch.full_like(step, temp, dtype=torch.float32)
+    if torch.is_tensor(step):
+        frac = (step.float() / warmup_steps).clamp(0.0, 1.0)
+    else:
+        frac = min(max(step, 0), warmup_steps) / warmup_steps
+    return warmup_temp + (temp - warmup_temp) * frac
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, student_temp: float = 0.1,
+              teacher_temp=0.04) -> tuple[torch.Tensor, dict]:
+    """DINO's loss. student [Vs, B, K]: the student head's outputs for every view (the Vt global views first, then
+    the local crops); teacher [Vt, B, K]: the teacher's outputs for the global views (no gradient); center [K] or
+    [1, K]. With P_t = softmax((t - c) / teacher_temp) (centring and sharpening) and log P_s = log_softmax(s /
+    student_temp): L = mean over the pairs (i, v), i a global view, v any view other than i, of
+    mean_b [ -sum_k P_t(i, b, k) log P_s(v, b, k) ]. `teacher_temp` may be a 0-d/1-element tensor.
+    Returns (loss, {"teacher_entropy": mean entropy of P_t, "kl": mean KL(P_t || P_s) over the pairs})."""
+    _need(student.dim() == 3 and teacher.dim() == 3 and student.shape[1:] == teacher.shape[1:]
+          and teacher.shape[0] <= student.shape[0], f"dino_loss: student [Vs, B, K] and teacher [Vt, B, K] with "
+          f"Vt <= Vs expected, got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    vt, b, _ = teacher.shape
+    vs = student.shape[0]
+    _need(vs >= 2, "dino_loss: needs at least two views (a teacher view and another student view)")
+    t_temp = teacher_temp.float().reshape(()) if torch.is_tensor(teacher_temp) else teacher_temp
+    q = F.softmax((teacher.detach().float() - center.detach().float().reshape(1, 1, -1)) / t_temp, dim=-1)
+    logp = F.log_softmax(student.float() / student_temp, dim=-1)
+    ce = -torch.einsum("ibk,vbk->iv", q, logp) / b  # [Vt, Vs]: cross-entropy of each (teacher, student) view pair
+    keep = torch.ones(vt, vs, dtype=torch.bool, device=ce.device)
+    keep[torch.arange(vt), torch.arange(vt)] = False  # not the same view
+    loss = ce[keep].mean()
+    with torch.no_grad():
+        ent = -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()
+        kl = (ce.detach() - ent)[keep].mean()  # H(P_t, P_s) - H(P_t), all entropies averaged over the batch
+    return loss, {"teacher_entropy": ent, "kl": kl}
+
+
+def dino_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+    """DINO's centre update: c <- m c + (1 - m) mean of the teacher outputs over its views and the batch
+    (teacher [Vt, B, K] or [N, K]); a new tensor of the centre's shape."""
+    mean = teacher.detach().float().reshape(-1, teacher.shape[-1]).mean(0)
+    return (center.float() * momentum + mean.reshape(center.shape) * (1.0 - momentum)).to(center.dtype)
+
+
+def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SwAV's swapped prediction. scores [V, B, K]: z . c_k of every view with the (L2-normalized) prototypes, the Vg
+    global views first; codes [Vg, B, K]: the Sinkhorn codes q of the global views (rows summing to 1; no gradient).
+    With p_v = softmax(scores_v / temperature):
+    L = (1 / Vg) sum_i (1 / (V - 1)) sum_{v != i} mean_b [ -sum_k q_i(b, k) log p_v(b, k) ] (the paper's eq. 1-2
+    over multi-crop, averaged as the authors' code)."""
+    _need(scores.dim() == 3 and codes.dim() == 3 and scores.shape[1:] == codes.shape[1:]
+          and 1 <= codes.shape[0] <= scores.shape[0] and scores.shape[0] >= 2,
+          f"swav_loss: scores [V, B, K] (V >= 2) and codes [Vg, B, K] with Vg <= V expected, got "
+          f"{tuple(scores.shape)} and {tuple(codes.shape)}")
+    vg, b, _ = codes.shape
+    v = scores.shape[0]
+    logp = F.log_softmax(scores.float() / temperature, dim=-1)
+    ce = -torch.einsum("ibk,vbk->iv", codes.detach().float(), logp) / b  # [Vg, V]
+    keep = torch.ones(vg, v, dtype=torch.bool, device=ce.device)
+    keep[torch.arange(vg), torch.arange(vg)] = False
+    return (ce * keep).sum(1).div(v - 1).mean()
+
+
+def nearest_neighbour(z: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NNCLR's NN(z, Q): for each embedding z [B, D] the support-set entry [Q, D] of highest cosine similarity.
+    Returns (the neighbours [B, D] as stored in the support set, no gradient; their indices [B])."""
+    _need(z.dim() == 2 and support.dim() == 2 and support.shape[1] == z.shape[1] and support.shape[0] >= 1,
+          f"nearest_neighbour: z [B, D] and a non-empty support set [Q, D] expected, got {tuple(z.shape)} and "
+          f"{tuple(support.shape)}")
+    with torch.no_grad():
+        sim = F.normalize(z.float(), dim=1) @ F.normalize(support.float(), dim=1).t()
+        idx = sim.argmax(1)
+        return support[idx].detach(), idx
+
+
+def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """NNCLR's eq. 1 with the predictor: L = mean_i -log( exp(nn_i . p_i / T) / sum_k exp(nn_i . p_k / T) ), nn
+    [B, D] the nearest neighbours of one view's embeddings (no gradient), p [B, D] the predictions of the other
+    view, both L2-normalized. Returns (loss, accuracy of finding p_i)."""
+    _need(nn.shape == p.shape and p.dim() == 2, f"nnclr_loss: nn and p [B, D] expected, got {tuple(nn.shape)} and "
+          f"{tuple(p.shape)}")
+    b = p.shape[0]
+    _need(b >= 2, f"nnclr_loss: a batch of {b} image has no negatives; the batch size must be >= 2")
+    logits = F.normalize(nn.detach().float(), dim=1) @ F.normalize(p.float(), dim=1).t() / temperature
+    target = torch.arange(b, device=p.device)
+    return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean().detach()

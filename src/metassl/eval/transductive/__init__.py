@@ -15,7 +15,9 @@ ways, unlabeled_x, cfg)` instead, and must never change the given tensors. No me
 ways)` function that `eval.episodes.evaluate` runs: it embeds support and query with
 `learner.embed(..., per_task=True)` and applies the method, so it works for any learner.
 `assumes_balanced`: the method's default assumes every class has the same number of queries (PT-MAP's Sinkhorn
-marginals, TIM's marginal-entropy term); each such method has an option for unbalanced query sets.
+marginals, TIM's marginal-entropy term); each such method has options for unbalanced query sets
+(`unbalanced_options`, e.g. PT-MAP's unbalanced=true), which `metassl predict` applies to a query set that has
+fewer images than classes.
 """
 
 from __future__ import annotations
@@ -47,16 +49,20 @@ class TransductiveSpec:
     description: str = ""
     needs_encoder: bool = False
     assumes_balanced: bool = False
+    # the options for query sets whose classes are not balanced (for a method that `assumes_balanced`)
+    unbalanced_options: tuple[tuple[str, Any], ...] = ()
 
 
 def register_transductive(name: str, config: type, description: str = "", needs_encoder: bool = False,
-                          assumes_balanced: bool = False) -> Callable[[Callable], Callable]:
+                          assumes_balanced: bool = False, unbalanced_options: dict[str, Any] | None = None
+                          ) -> Callable[[Callable], Callable]:
     """Register `run` (the decorated function) as transductive method `name` with its options dataclass."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"transductive method {name!r}: config must be a dataclass, got {config!r}")
 
     def deco(run: Callable) -> Callable:
-        TRANSDUCTIVE.add(name, TransductiveSpec(name, config, run, description, needs_encoder, assumes_balanced))
+        TRANSDUCTIVE.add(name, TransductiveSpec(name, config, run, description, needs_encoder, assumes_balanced,
+                                                tuple((unbalanced_options or {}).items())))
         return run
 
     return deco

@@ -78,6 +78,7 @@ def assign(u, mus, lam, unbalanced, iters, tol):
 
 
 @register_transductive("ptmap", PTMAPConfig, assumes_balanced=True,
+                       unbalanced_options={"unbalanced": True, "center": False},
                        description="PT-MAP (Hu et al. 2021): power transform + Sinkhorn optimal-transport MAP "
                        "estimation of the class centers; assumes balanced query classes (unbalanced=true otherwise)")
 def run(support_z, support_y, query_z, ways, unlabeled_z, cfg):

@@ -6,18 +6,20 @@ queries and the optional pool) the soft assignment w_jc = softmax_c(-||u_j - p_c
 p_c = (sum_s 1[y_s = c] z_s + sum_j w_jc u_j) / (n_c + sum_j w_jc). The queries are then classified by minus squared
 distance to the refined prototypes. `distractor`: an extra cluster fixed at the origin with length scale
 `distractor_radius` takes the unlabeled features of classes outside the support (the paper's "soft k-means with a
-distractor cluster"; in the paper its radius is learned during meta-training, here it is an option). The paper
-applies one refinement step at test time (its default here).
+distractor cluster", logit -||u||^2 / r^2 - log r; in the paper r is learned during meta-training, here it is an
+option: `semi_protonet` learns it). The paper applies one refinement step at test time (its default here).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ...config import option
-from . import pool, prototypes, one_hot, register_transductive, sq_distances
+from ...learners.semi_protonet import refine_prototypes
+from . import pool, register_transductive, sq_distances
 
 
 @dataclass
@@ -26,23 +28,14 @@ class SoftKMeansConfig:
     distractor: bool = option(False, help="add a distractor cluster at the origin for unlabeled images of other "
                               "classes")
     distractor_radius: float = option(1.0, range=(1e-6, None), help="length scale r of the distractor cluster "
-                                      "(its logit is -||u||^2 / r^2)")
+                                      "(its logit is -||u||^2 / r^2 - log r)")
 
 
 def refine(support_z, support_y, unlabeled_z, ways, steps=1, distractor=False, distractor_radius=1.0):
-    """Refined prototypes [T, N, D] after `steps` soft k-means steps over `unlabeled_z` [T, U, D]."""
-    oh = one_hot(support_y, ways, support_z.dtype)
-    labeled_sum, counts = oh.transpose(1, 2) @ support_z, oh.sum(1)
-    p = prototypes(support_z, support_y, ways)
-    for _ in range(steps):
-        logits = -sq_distances(unlabeled_z, p)
-        if distractor:
-            d0 = -(unlabeled_z ** 2).sum(-1, keepdim=True) / distractor_radius ** 2
-            w = torch.softmax(torch.cat([logits, d0], -1), -1)[..., :ways]
-        else:
-            w = torch.softmax(logits, -1)
-        p = (labeled_sum + w.transpose(1, 2) @ unlabeled_z) / (counts + w.sum(1)).unsqueeze(-1)
-    return p
+    """Refined prototypes [T, N, D] after `steps` soft k-means steps over `unlabeled_z` [T, U, D] (the
+    semi-supervised ProtoNet's refinement, `learners.semi_protonet.refine_prototypes`, with a fixed radius)."""
+    log_r = math.log(distractor_radius) if distractor else None
+    return refine_prototypes(support_z, support_y, unlabeled_z, ways, steps, log_r)
 
 
 @register_transductive("softkmeans", SoftKMeansConfig, description="soft k-means refinement of the class means "
