@@ -319,6 +319,24 @@ def test_two_step_cli_run_then_eval(name, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
+def test_frozen_encoder_protocols_evaluate_every_method(name, tmp_path, capsys):
+    import yaml
+    from metassl.cli.main import main
+
+    learner, local = RUNS[name]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(digits(learner, 1, local)))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--run-dir", str(run), "train.device=cpu"]) == 0
+    for protocol in ("knn", "linear"):  # digits' `all` split holds the ten classes: bank / probe and test on it
+        capsys.readouterr()
+        assert main(["eval", str(run), "--protocol", protocol, "--dataset", "digits", "--train-split", "all",
+                     "--split", "all", "--max-train", "300", "--json", "--device", "cpu"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["protocol"]["name"] == protocol and 10.0 <= out["accuracy"] <= 100.0
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
 def test_resumed_run_equals_the_uninterrupted_one(name, tmp_path):
     from metassl.engine.trainer import load_run_config, train
 

@@ -399,6 +399,17 @@ def test_every_method_trains_from_its_preset_and_evaluates(runs, capsys):
         assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 100.0
 
 
+@pytest.mark.parametrize("name", ["mocov3", "mocov3_vit", "jigsaw", "mae"])
+@pytest.mark.parametrize("protocol", ["knn", "linear"])
+def test_frozen_encoder_protocols_evaluate_every_method(runs, name, protocol, capsys):
+    # digits' `all` split holds the ten classes: bank / probe on it, tested on it (a smoke check of the path)
+    capsys.readouterr()
+    assert main(["eval", str(runs[name]), "--protocol", protocol, "--dataset", "digits", "--train-split", "all",
+                 "--split", "all", "--max-train", "300", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["protocol"]["name"] == protocol and 10.0 <= out["accuracy"] <= 100.0
+
+
 def test_resumed_mocov3_run_equals_the_uninterrupted_one(tmp_path):
     from metassl.engine.trainer import load_run_config, train
 
