@@ -18,12 +18,16 @@ fine-tune the encoder at most `max_unlabeled` of its images, a fixed random subs
     clf.predict(query_paths)                                # every query image is also unlabeled data
 
 Images are converted exactly as at training time: the checkpoint records the size, the number of channels and the
-normalization (including ink inversion for Omniglot-like data).
+normalization (including ink inversion for Omniglot-like data), and the training images' statistics: an image whose
+background is on the other side of the training images' (white on black for a model trained on black on white) is
+inverted first (`polarity="keep"`: never), and images far outside the training statistics are flagged
+(`Prediction.input_warning`, `support_warnings`).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from .data.input_stats import NO_STATS, InputCheck
 from .data.images import IMAGE_EXTENSIONS, ImageReadError, decode_image, resize_uint8
 from .engine.build import Model, load_model
 from .eval.features import embed_images
@@ -123,6 +128,7 @@ class Prediction:
     probability: float | None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    input_warning: str | None = None  # why the image is far outside the training images, if it is
 
 
 class FewShotClassifier:
@@ -130,7 +136,7 @@ class FewShotClassifier:
 
     def __init__(self, model: Model, info: dict[str, Any], classifier: str = "learner", batch_size: int = 256,
                  transductive: str | None = None, transductive_options: dict[str, Any] | None = None,
-                 max_unlabeled: int = 2000):
+                 max_unlabeled: int = 2000, polarity: str = "auto"):
         if classifier not in ("learner", "logistic"):
             raise ValueError(f"classifier must be 'learner' or 'logistic', got {classifier!r}")
         if transductive and classifier != "learner":
@@ -152,14 +158,23 @@ class FewShotClassifier:
         self._pool_x: torch.Tensor | None = None  # its images, for methods that fine-tune the encoder
         self.unlabeled_count, self.unlabeled_skipped = 0, 0
         self.notes: list[str] = []  # what the transductive method changed for this query set (printed by the CLI)
+        self.inputs = InputCheck(model.preprocess.stats, model.preprocess, polarity)
+        # images inverted to the training polarity: role -> [inverted, seen]; the support images' warnings
+        self.inverted: dict[str, list[int]] = {"support": [0, 0], "query": [0, 0], "unlabeled": [0, 0]}
+        self.support_warnings: list[str | None] = []
+        self.input_note = NO_STATS if model.preprocess.stats is None and len(model.image_shape) == 3 else None
+        if self.input_note:
+            warnings.warn(f"{info.get('checkpoint', 'the model')} {NO_STATS}", stacklevel=3)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", which: str = "latest", classifier: str = "learner",
              transductive: str | None = None, transductive_options: dict[str, Any] | None = None,
-             max_unlabeled: int = 2000) -> "FewShotClassifier":
+             max_unlabeled: int = 2000, polarity: str = "auto") -> "FewShotClassifier":
+        """polarity: "auto" inverts images whose background is on the other side of the training images', "keep"
+        uses them as given."""
         model, info = load_model(path, torch.device(device), which)
         return cls(model, info, classifier, transductive=transductive, transductive_options=transductive_options,
-                   max_unlabeled=max_unlabeled)
+                   max_unlabeled=max_unlabeled, polarity=polarity)
 
     # -- inputs ------------------------------------------------------------------------------------------------
     def images_to_tensor(self, images: Sequence[ImageLike]) -> torch.Tensor:
@@ -167,8 +182,17 @@ class FewShotClassifier:
         return torch.stack([to_uint8_image(im, shape, str(im) if isinstance(im, (str, Path)) else None)
                             for im in images]) if len(images) else torch.zeros(0, *shape, dtype=torch.uint8)
 
+    def _pre(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> network input: the polarity correction, then the recorded preprocessing."""
+        return self.model.preprocess(self.inputs.fix(x))
+
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.preprocess(x.to(self._device))
+        return self._pre(x.to(self._device))
+
+    def _count(self, role: str, x: torch.Tensor) -> None:
+        n = self.inverted[role]
+        n[0] += int(self.inputs.flips(x).sum())
+        n[1] += x.shape[0]
 
     # -- adapt ---------------------------------------------------------------------------------------------------
     def fit(self, images: Sequence[ImageLike], labels: Sequence[Any]) -> "FewShotClassifier":
@@ -184,6 +208,9 @@ class FewShotClassifier:
         index = {c: i for i, c in enumerate(self.classes_)}
         y = torch.tensor([index[str(v)] for v in labels], device=self._device)
         images_u8 = self.images_to_tensor(images)
+        self.inverted["support"] = [0, 0]
+        self._count("support", images_u8)
+        self.support_warnings = self.inputs.warnings(images_u8)
         m = self.model
         m.train(False)
         if self.classifier == "logistic":
@@ -201,7 +228,7 @@ class FewShotClassifier:
 
     def _embed(self, images: torch.Tensor) -> np.ndarray:
         """L2-normalized frozen-encoder features of uint8 images, for the logistic classifier."""
-        z = embed_images(self.model, images, self.model.preprocess, self.batch_size)
+        z = embed_images(self.model, images, self._pre, self.batch_size)
         return torch.nn.functional.normalize(z, dim=-1).cpu().numpy()
 
     def _fit_logistic(self, images: torch.Tensor, y: torch.Tensor):
@@ -236,6 +263,7 @@ class FewShotClassifier:
             if not chunk:
                 continue
             x = torch.stack(chunk)
+            self._count("unlabeled", x)
             self.unlabeled_count += x.shape[0]
             if self._method.needs_encoder:
                 self._pool_x = x if self._pool_x is None else torch.cat([self._pool_x, x])
@@ -333,15 +361,18 @@ class FewShotClassifier:
             except MemoryError:
                 rows[i] = Prediction(str(f), None, None, {}, f"cannot read image {f}: not enough memory to decode it")
         if tensors:
-            probs = self.predict_proba_tensor(torch.stack(tensors))
-            for i, p in zip(good, probs):
+            x = torch.stack(tensors)
+            self._count("query", x)
+            notes = self.inputs.warnings(x)
+            probs = self.predict_proba_tensor(x)
+            for i, p, note in zip(good, probs, notes):
                 if not bool(torch.isfinite(p).all()):  # NaN is no answer: say so instead of a label chosen by argmax
                     rows[i] = Prediction(str(files[i]), None, None, {}, "the model gave non-finite probabilities "
                                          "(its weights or this image's features hold NaN or inf)")
                     continue
                 k = int(p.argmax())
                 rows[i] = Prediction(str(files[i]), self.classes_[k], float(p[k]),
-                                     {c: float(v) for c, v in zip(self.classes_, p)})
+                                     {c: float(v) for c, v in zip(self.classes_, p)}, input_warning=note)
         return rows  # type: ignore[return-value]
 
 

@@ -217,9 +217,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
                                          transductive=getattr(a, "transductive", None),
                                          transductive_options=_transductive_options(a),
                                          unlabeled=getattr(a, "unlabeled", None),
-                                         distractors=getattr(a, "distractors", None))
+                                         distractors=getattr(a, "distractors", None),
+                                         polarity=getattr(a, "polarity", None) or "auto")
     if not main_process:  # under torchrun every process has the same results; one prints them
         return 0
+    for note in state.get("input_notes", []):
+        print(note, file=sys.stderr)
     paper = model.config.eval.paper
     rows = []
     for r in results:
@@ -398,8 +401,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if a.transductive and a.classifier != "learner":
         raise ConfigError(f"--transductive {a.transductive} replaces the classifier: drop --classifier "
                           f"{a.classifier}")
-    clf = FewShotClassifier.load(a.run, a.device or "cpu", a.which, a.classifier, transductive=a.transductive,
-                                 transductive_options=_transductive_options(a))
+    import warnings
+
+    with warnings.catch_warnings():  # an old checkpoint's note is printed once below, not as a Python warning
+        warnings.simplefilter("ignore")
+        clf = FewShotClassifier.load(a.run, a.device or "cpu", a.which, a.classifier, transductive=a.transductive,
+                                     transductive_options=_transductive_options(a), polarity=a.polarity)
+    if clf.input_note:
+        print(f"note: {a.run} {clf.input_note}", file=sys.stderr)
     clf.fit_folder(a.support)
     files = [f for q in a.query for f in list_image_files(q)]
     missing = [str(f) for f in files if not f.exists()]
@@ -414,6 +423,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
               + (f" ({clf.unlabeled_skipped} unreadable, skipped)" if clf.unlabeled_skipped else "")
               + " (used by the method, not written to the output)", file=sys.stderr)
     rows = clf.predict_files(files)
+    _input_lines(clf, rows)
     if a.transductive:
         spec = clf._method
         print(f"transductive {a.transductive}: the {sum(r.error is None for r in rows)} query images"
@@ -432,11 +442,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     else:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["path", "predicted", "probability", *[f"p({c})" for c in clf.classes_], "error"])
+        w.writerow(["path", "predicted", "probability", *[f"p({c})" for c in clf.classes_], "error",
+                    "input_warning"])
         for r in rows:
             w.writerow([r.path, r.label or "", "" if r.probability is None else f"{r.probability:.6f}",
                         *[f"{r.probabilities[c]:.6f}" if r.probabilities else "" for c in clf.classes_],
-                        r.error or ""])
+                        r.error or "", r.input_warning or ""])
         text = buf.getvalue()
     # the CSV keeps a non-UTF-8 file name as its own bytes (surrogateescape), so each row names the file exactly
     data = text.encode("utf-8", "surrogateescape")
@@ -459,6 +470,25 @@ def cmd_predict(a: argparse.Namespace) -> int:
         how = "JSON holds them as \\udcXX escapes" if a.json else "CSV holds their original bytes"
         print(f"note: {odd} file or class name(s) are not valid UTF-8; the {how}", file=sys.stderr)
     return 0
+
+
+def _input_lines(clf, rows) -> None:
+    """predict's lines on its inputs (standard error): images inverted to the training polarity, and one warning
+    when support or query images are far outside the training images."""
+    inv = {k: v for k, v in clf.inverted.items() if v[0]}
+    if inv:
+        bg = clf.inputs.stats["background"]
+        print("polarity: inverted " + ", ".join(f"{n} of {t} {k}" for k, (n, t) in inv.items()) + " images whose "
+              f"background is {'dark' if bg > 127.5 else 'light'} (the training images': "
+              f"{'light' if bg > 127.5 else 'dark'}); --polarity keep uses them as given", file=sys.stderr)
+    q = [r for r in rows if r.input_warning]
+    s = [w for w in clf.support_warnings if w]
+    if q or s:
+        first = (q[0].input_warning if q else s[0])
+        print(f"warning: {len(q)} of {sum(r.error is None for r in rows)} query and {len(s)} of "
+              f"{len(clf.support_warnings)} support images are far outside the training images' statistics "
+              f"(e.g. {first}); predictions on them are unreliable (the CSV's input_warning column says which)",
+              file=sys.stderr)
 
 
 def _predict_table(a: argparse.Namespace) -> int:
@@ -599,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--seed)")
     p.add_argument("--max-test", type=int, help="knn/linear: at most this many test images")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="linear: L2 penalty of the probe")
+    p.add_argument("--polarity", default="auto", choices=("auto", "keep"), help="images of other data than the "
+                   "run's: auto inverts those whose background is on the other side of the training images'; keep "
+                   "uses them as given")
     _transductive_args(p, "classify each episode's queries together with this transductive method on the "
                        "encoder's features")
     _data_root_arg(p)
@@ -634,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of CSV")
     p.add_argument("--classifier", default="learner", choices=("learner", "logistic"),
                    help="adapt as the learner does, or logistic regression on frozen features")
+    p.add_argument("--polarity", default="auto", choices=("auto", "keep"), help="auto: invert images whose "
+                   "background is on the other side of the training images' (white ink on black, or the reverse); "
+                   "keep: use them as given")
     _transductive_args(p, "classify all query images together with this transductive method (they are its "
                        "unlabeled data), on the encoder's features")
     p.add_argument("--unlabeled", dest="unlabeled_dir", metavar="DIR", help="with --transductive: a folder of "

@@ -25,6 +25,8 @@ class Preprocess:
     invert: bool = False  # Omniglot-like data: dark ink on white becomes ink = 1 on 0
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    # the training images' statistics (`data.input_stats`), recorded by the trainer; None: not known
+    stats: dict[str, Any] | None = field(default=None, compare=False)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (0..255) or float images already in [0, 1] (e.g. augmented views) -> network input."""
@@ -39,11 +41,14 @@ class Preprocess:
         return x
 
     def to_dict(self) -> dict[str, Any]:
-        return {"invert": self.invert, "mean": list(self.mean), "std": list(self.std)}
+        d = {"invert": self.invert, "mean": list(self.mean), "std": list(self.std)}
+        return {**d, "stats": self.stats} if self.stats is not None else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        return cls(invert=bool(d.get("invert", False)), mean=tuple(d.get("mean", ())), std=tuple(d.get("std", ())))
+        stats = d.get("stats")
+        return cls(invert=bool(d.get("invert", False)), mean=tuple(d.get("mean", ())), std=tuple(d.get("std", ())),
+                   stats=stats if isinstance(stats, dict) else None)
 
 
 @dataclass

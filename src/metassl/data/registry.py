@@ -19,8 +19,8 @@ from .root import resolve_data_root
 class DatasetSpec:
     name: str
     splits: tuple[str, ...]
-    image_size: int  # default side length images are resized to
-    channels: int
+    image_size: int | None  # default side length images are resized to (None: the loader decides from the images)
+    channels: int | None
     description: str
     # load(root, split, image_size) -> ClassSplit on the CPU; raises DatasetNotFoundError naming the files
     load: Callable[[Path, str, int], ClassSplit]
@@ -33,6 +33,8 @@ class DatasetSpec:
     # what one example is: "images" (uint8 [C, H, W], resized to image_size); anything else ("vectors", "signals",
     # "text", "functions") is not resized, and `load` takes the config's `data.options` as a 4th argument
     inputs: str = "images"
+    # an image data set whose `load` takes the config's `data.options` as a 4th argument (e.g. folder's channels)
+    takes_options: bool = False
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -61,7 +63,8 @@ def load_dataset(name: str, split: str, data_root: str | Path | None = None, ima
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"data set {name!r} has no split {split!r}{hint}; its splits are: {', '.join(spec.splits)}")
     size = image_size or spec.image_size
-    if not isinstance(size, int) or size < 4 or size > 1024:
+    if (size is not None or spec.image_size is not None) and (not isinstance(size, int) or size < 4 or size > 1024):
         raise ValueError(f"image_size must be an integer in [4, 1024], got {size!r}")
-    out = spec.load(resolve_data_root(data_root), split, size)
+    root = resolve_data_root(data_root)
+    out = spec.load(root, split, size, dict(options or {})) if spec.takes_options else spec.load(root, split, size)
     return out.to(device)

@@ -38,7 +38,7 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
                  device: str | None = None, batch_episodes: int | None = None, progress: Progress | None = None,
                  overrides: list[str] | None = None, transductive: str | None = None,
                  transductive_options: dict | None = None, unlabeled: int | None = None,
-                 distractors: int | None = None) -> tuple[Model, dict, list[EvalResult]]:
+                 distractors: int | None = None, polarity: str = "auto") -> tuple[Model, dict, list[EvalResult]]:
     """Few-shot accuracy of a run or checkpoint on fixed episodes, one result per shot count. Every protocol value
     not given comes from the run's config (`data.dataset`, `data.test_split`, the `eval` section); `overrides`
     (`learner.KEY=VALUE`) change how the learner evaluates. `progress` (None or False: none) is called as
@@ -48,8 +48,9 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     classifier; the protocol of each result then records the method, its options, the query-set size and its class
     balance. `unlabeled` / `distractors` (default: the run's `eval.unlabeled` / `eval.distractors`) make the episodes
     semi-supervised: M unlabeled images of each class and of D distractor classes come with every episode, used by
-    learners that read them (semi_protonet) and by transductive methods as their extra pool. Returns (model,
-    checkpoint state, results)."""
+    learners that read them (semi_protonet) and by transductive methods as their extra pool. Images of other data
+    than the run's are converted to its channels and polarity (`polarity="keep"`: as given; `load_run_split`); what
+    was done is listed in the state's "input_notes". Returns (model, checkpoint state, results)."""
     method_cfg = None if transductive is None else method_config(transductive, transductive_options)  # fail early
     tune_allocator()
     dist = DistInfo.from_env()
@@ -57,7 +58,9 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     setup(dist, dev)  # under torchrun: each process evaluates its share of the episodes, all summarize all
     model, state = load_model(run, dev, which, overrides)
     cfg = model.config
-    data = load_run_split(model, dataset, split, data_root)
+    notes: list[str] = []
+    data = load_run_split(model, dataset, split, data_root, polarity=polarity, notes=notes)
+    state = {**state, "input_notes": notes}
     shot_list = [shots] if isinstance(shots, int) else list(cfg.eval.shots if shots is None else shots)
     if is_regression(data):  # few-shot regression: MSE / MAE / R² on fixed tasks (eval/regression.py)
         if transductive is not None:

@@ -22,11 +22,52 @@ from .build import Model, load_model
 __all__ = ["embed_with_run", "load_run_split"]
 
 
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 images [M, C, H, W] with `channels` channels, converted as prediction converts a file: RGB to gray with
+    Pillow's weights and rounding (ITU-R 601-2 luma), gray to RGB by repetition."""
+    c = images.shape[1]
+    if c == channels or images.dtype != torch.uint8 or images.dim() != 4:
+        return images
+    if c == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        x = images.to(torch.int64)
+        return ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16).to(torch.uint8)[:, None]
+    return images
+
+
+def _match_inputs(model: Model, data: ClassSplit, ds: str, polarity: str, notes: list[str] | None) -> ClassSplit:
+    """The split's images in the model's channels and, for data other than the run's own, inverted where their
+    background is on the other side of the training images'."""
+    from dataclasses import replace
+
+    from ..data.input_stats import InputCheck
+    from ..data.registry import get_dataset
+
+    if len(model.image_shape) != 3 or data.images.dtype != torch.uint8 or data.images.dim() != 4:
+        return data
+    c, say = model.image_shape[0], (notes.append if notes is not None else lambda _: None)
+    if data.image_shape[0] != c and {data.image_shape[0], c} == {1, 3}:
+        data = replace(data, images=to_channels(data.images, c))
+        say(f"{data.name}: images converted to {'grayscale' if c == 1 else 'RGB'}, as the model was trained")
+    if ds != model.config.data.dataset or get_dataset(ds).generic:
+        check = InputCheck(model.preprocess.stats, model.preprocess, polarity)
+        flips = check.flips(data.images)
+        if bool(flips.any()):
+            data = replace(data, images=check.fix(data.images))
+            say(f"{data.name}: inverted {int(flips.sum())} of {flips.numel()} images whose background is on the other "
+                f"side of the training images' (--polarity keep: use them as given)")
+    return data
+
+
 def load_run_split(model: Model, dataset: str | None = None, split: str | None = None, data_root: str | None = None,
-                   device: torch.device | str | None = None) -> ClassSplit:
+                   device: torch.device | str | None = None, polarity: str = "auto",
+                   notes: list[str] | None = None) -> ClassSplit:
     """A split of `dataset` (default: the run's data set; split default: its test split; data root default: the
-    run's data.root) at the model's image size, on `device` (default: the model's), checked against the image shape
-    the model was trained on."""
+    run's data.root) at the model's image size and channels (converted as prediction converts), on `device` (default:
+    the model's), checked against the image shape the model was trained on. Images of another data set than the
+    run's (or of a folder) are inverted where their background is on the other side of the training images'
+    (`polarity="keep"`: never); what was done is appended to `notes`."""
     cfg = model.config
     ds, sp = dataset or cfg.data.dataset, split or cfg.data.test_split
     # images: the model's image size; other inputs (vectors, functions) are never resized
@@ -34,6 +75,7 @@ def load_run_split(model: Model, dataset: str | None = None, split: str | None =
     data = load_dataset(ds, sp, data_root or cfg.data.root, size,
                         device if device is not None else model.params[next(iter(model.params))].device,
                         cfg.data.options)
+    data = _match_inputs(model, data, ds, polarity, notes)
     if data.image_shape != tuple(model.image_shape):
         raise ValueError(f"{ds}/{sp} images are {data.image_shape} but the model was trained on "
                          f"{tuple(model.image_shape)} images")

@@ -323,7 +323,9 @@ class Trainer:
                                  cfg.eval.unlabeled, cfg.eval.distractors)
         except ValueError as e:
             raise ConfigError(f"tasks/eval settings do not fit the data: {e}") from e
-        self.preprocess = self.train_split.preprocess
+        from ..data.input_stats import with_input_stats
+
+        self.preprocess = with_input_stats(self.train_split)  # the statistics go into every checkpoint
         # e.g. the `classes` source's number of base classes, stored in config.yaml so the run rebuilds its head
         self.cfg = cfg = dataclasses.replace(cfg, tasks=cfg.tasks.for_split(self.train_split))
         self.model: Model = build_model(cfg, self.train_split.image_shape, self.preprocess, self.device,

@@ -1,14 +1,18 @@
 """Any image folder laid out as `<root>/<class>/<image>`, as a data set.
 
-`load_image_folder(path)` reads such a folder directly (any format Pillow reads; hidden files and files without an
-image extension are skipped). The registered data set `folder` reads the data root itself as the folder:
-split `train`, `val` or `test` reads DATA_ROOT/<split>/<class>/<image>, split `all` reads DATA_ROOT/<class>/<image>.
-Pass the folder with --data-root. Decoded tensors are cached, keyed by the image files.
+`load_image_folder(path)` reads such a folder directly (any format Pillow reads; hidden files are skipped, files
+without an image extension are skipped and counted in one line). The registered data set `folder` reads the data
+root itself as the folder: split `train`, `val` or `test` reads DATA_ROOT/<split>/<class>/<image>, split `all` reads
+DATA_ROOT/<class>/<image>. Pass the folder with --data-root. Its image size and channels come from all its images
+(the median of the longer sides, at most 84; grayscale if every image is), said in one line when loaded;
+data.image_size and data.options.channels override them. Decoded tensors are cached, keyed by the image files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,13 +22,23 @@ import torch
 from ..episodic import ClassSplit, Preprocess
 from ..images import IMAGE_EXTENSIONS, ImageReadError, decode_image, list_images, open_image, resize_uint8
 from ..registry import DatasetSpec, register_dataset
+from ...errors import ConfigError
 from ..root import DatasetNotFoundError, cached_tensors, missing
 
 SPLITS = ("train", "val", "test", "all")
 IMAGENET_PREPROCESS = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 _GRAY_MODES = {"1", "L", "LA", "I", "F"}
+MAX_SIDE = 84  # the inferred side length is at most this (larger images train slowly; data.image_size to change)
+_said: set[str] = set()  # lines already printed by this process
 _HOW = ("Put one sub-folder per class, each holding that class's images, in DATA_ROOT/<split>/ (split train, val or "
         "test) or directly in DATA_ROOT/ (split all), and pass the folder with --data-root.")
+
+
+def _say(line: str) -> None:
+    """One line on standard error, once per process (the trainer loads train, val and test splits)."""
+    if line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr)
 
 
 def class_folders(path: Path) -> list[Path]:
@@ -101,13 +115,19 @@ def load_image_folder(path: str | Path, image_size: int | None = None, channels:
         hint = f" (it holds {len(loose)} images directly; move them into per-class sub-folders)" if loose else ""
         raise DatasetNotFoundError(f"image folder {path} has no class sub-folders{hint}. Expected "
                                    f"{path}/<class>/<image> with one sub-folder per class.")
-    classes = []
+    classes, skipped = [], []
     for folder in folders:
+        skipped += [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() not in IMAGE_EXTENSIONS]
         files = list_images(folder)
         if not files:
             raise ValueError(f"class folder {folder} holds no images (looked for non-hidden files ending in "
                              f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
         classes.append((folder.name, files))
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        _say(f"{path}: skipped {len(skipped)} files without an image extension ({names}); images need one of "
+             f"{', '.join(IMAGE_EXTENSIONS)}: rename or remove them")
     files = [f for _, fs in classes for f in fs]
     tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     key = f"folder-{tag}-{image_size or 'auto'}-{channels or 'auto'}"
@@ -122,12 +142,62 @@ def _split_folder(root: Path, split: str) -> Path:
     return root if split == "all" else root / split
 
 
-def load(root: Path, split: str, size: int) -> ClassSplit:
+def _infer(root: Path) -> tuple[int, int, dict]:
+    """(side length, channels) from every image of the data set (all split folders present, else the class
+    folders of root), from the file headers; cached, keyed by the files."""
+    parts = [root / s for s in ("train", "val", "test") if (root / s).is_dir()] or [root]
+    files = [f for p in parts for c in class_folders(p) for f in list_images(c)]
+    if not files:
+        raise missing("folder", root, ["<class>/<image>", "train/<class>/<image>"], _HOW)
+
+    def build():
+        probes = [_probe(f) for f in files]
+        colour = sum(c for c, _ in probes)
+        h = statistics.median(hw[0] for _, hw in probes)
+        w = statistics.median(hw[1] for _, hw in probes)
+        side = int(statistics.median(max(hw) for _, hw in probes))
+        meta = {"side": max(4, min(side, MAX_SIDE)), "channels": 3 if colour else 1, "colour": colour,
+                "median": [int(h), int(w)], "images": len(files)}
+        return {"images": torch.tensor([len(files)])}, meta
+
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    _, meta = cached_tensors(f"folder-probe-{tag}", files, build)
+    return meta["side"], meta["channels"], meta
+
+
+def _channels_option(options: dict) -> int | None:
+    unknown = sorted(set(options) - {"channels"})
+    if unknown:
+        raise ConfigError(f"data.options.{unknown[0]}: not a setting of the folder data set; it reads "
+                          f"data.options.channels (1 or 3) only")
+    c = options.get("channels")
+    if c not in (None, 1, 3):
+        raise ConfigError(f"data.options.channels must be 1 (grayscale) or 3 (RGB), got {c!r}")
+    return c
+
+
+def load(root: Path, split: str, size: int | None, options: dict | None = None) -> ClassSplit:
+    channels = _channels_option(options or {})
     folder = _split_folder(root, split)
-    if not folder.is_dir() or not class_folders(folder):
+    if split != "all" and not folder.is_dir() and root.is_dir():
+        present = [f"{s}/" for s in ("train", "val", "test") if (root / s).is_dir()]
+        fix = ("set data.val_split=null to train without validation" if split == "val" else
+               f"add it, or choose an existing split (data.{split}_split, or --split for eval)")
+        raise DatasetNotFoundError(
+            f"data set 'folder': the {split} split folder {folder} is missing (expected "
+            f"{folder / '<class>' / '<image>'}; {root} has {', '.join(present) or 'no train/, val/ or test/'}); "
+            f"{fix}")
+    if not folder.is_dir():
         raise missing("folder", root, ["<class>/<image>" if split == "all" else f"{split}/<class>/<image>"], _HOW)
-    return load_image_folder(folder, image_size=size, channels=3, name=f"folder/{split}",
-                             preprocess=IMAGENET_PREPROCESS)
+    if size is None or channels is None:
+        side, found, meta = _infer(root)
+        gray = "all grayscale" if found == 1 else f"{meta['colour']} in colour"
+        size, channels = size or side, channels or found
+        _say(f"folder {root}: {meta['images']} images, median {meta['median'][0]}x{meta['median'][1]}, {gray}: "
+             f"read at {size}x{size}, {channels} channel{'s' if channels > 1 else ''} (data.image_size=N, "
+             f"data.options.channels=1|3 to change)")
+    return load_image_folder(folder, image_size=size, channels=channels, name=f"folder/{split}",
+                             preprocess=IMAGENET_PREPROCESS if channels == 3 else Preprocess())
 
 
 def locate(root: Path) -> Path:
@@ -137,6 +207,6 @@ def locate(root: Path) -> Path:
 
 
 register_dataset(DatasetSpec(
-    name="folder", splits=SPLITS, image_size=84, channels=3,
+    name="folder", splits=SPLITS, image_size=None, channels=None, takes_options=True,
     description="your own images: DATA_ROOT/<split>/<class>/<image> (split all: DATA_ROOT/<class>/<image>)",
     load=load, locate=locate, generic=True))
