@@ -17,7 +17,7 @@ LAYERS = [
     ("ssl",),
     ("eval",),
     ("engine",),
-    ("api", "export", "report"),
+    ("api", "export", "report", "workflow"),
     ("cli", "__main__"),
 ]
 LAYER = {part: i for i, parts in enumerate(LAYERS) for part in parts}

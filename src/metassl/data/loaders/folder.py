@@ -5,7 +5,9 @@ without an image extension are skipped and counted in one line). The registered 
 root itself as the folder: split `train`, `val` or `test` reads DATA_ROOT/<split>/<class>/<image>, split `all` reads
 DATA_ROOT/<class>/<image>. Pass the folder with --data-root. Its image size and channels come from all its images
 (the median of the longer sides, at most 84; grayscale if every image is), said in one line when loaded;
-data.image_size and data.options.channels override them. Decoded tensors are cached, keyed by the image files.
+data.image_size and data.options.channels override them. With data.options.unlabeled=true every image under the
+data root (any sub-folders, or none) is read as one class, for self-supervised training (`metassl fit`).
+Decoded tensors are cached, keyed by the image files.
 """
 
 from __future__ import annotations
@@ -166,18 +168,51 @@ def _infer(root: Path) -> tuple[int, int, dict]:
 
 
 def _channels_option(options: dict) -> int | None:
-    unknown = sorted(set(options) - {"channels"})
+    unknown = sorted(set(options) - {"channels", "unlabeled"})
     if unknown:
         raise ConfigError(f"data.options.{unknown[0]}: not a setting of the folder data set; it reads "
-                          f"data.options.channels (1 or 3) only")
+                          f"data.options.channels (1 or 3) and data.options.unlabeled (true/false)")
     c = options.get("channels")
     if c not in (None, 1, 3):
         raise ConfigError(f"data.options.channels must be 1 (grayscale) or 3 (RGB), got {c!r}")
+    if options.get("unlabeled", False) not in (True, False):
+        raise ConfigError(f"data.options.unlabeled must be true or false, got {options['unlabeled']!r}")
     return c
+
+
+def unlabeled_files(root: Path) -> list[Path]:
+    """Every image file under root, in any sub-folder (hidden files and folders skipped), sorted."""
+    return sorted(q for q in root.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in q.relative_to(root).parts))
+
+
+def _load_unlabeled(root: Path, split: str, size: int | None, channels: int | None) -> ClassSplit:
+    """`data.options.unlabeled: true`: every image under the data root, whatever the split or sub-folders, as one
+    class named `unlabeled` (for self-supervised training, which never reads labels)."""
+    if not root.is_dir():
+        raise missing("folder", root, ["<image>", "<any folder>/<image>"], "Pass a folder of images with --data-root.")
+    files = unlabeled_files(root)
+    if len(files) < 2:
+        raise DatasetNotFoundError(f"folder {root}: {len(files)} image(s) found (searched every sub-folder for files "
+                                   f"ending in {', '.join(IMAGE_EXTENSIONS)}); self-supervised training needs many")
+    if size is None or channels is None:
+        probes = [_probe(f) for f in files] if len(files) <= 4096 else [_probe(f) for f in files[::len(files) // 4096]]
+        side = max(4, min(int(statistics.median(max(hw) for _, hw in probes)), MAX_SIDE))
+        found = 3 if any(c for c, _ in probes) else 1
+        size, channels = size or side, channels or found
+        _say(f"folder {root} (unlabeled): {len(files)} images: read at {size}x{size}, {channels} channel"
+             f"{'s' if channels > 1 else ''} (data.image_size=N, data.options.channels=1|3 to change)")
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    tensors, meta = cached_tensors(f"folder-unlabeled-{tag}-{size}-{channels}", files,
+                                   lambda: _decode_folder([("unlabeled", files)], size, channels))
+    return ClassSplit(tensors["images"], torch.tensor(meta["counts"]), ["unlabeled"], name=f"folder/{split}",
+                      preprocess=IMAGENET_PREPROCESS if channels == 3 else Preprocess())
 
 
 def load(root: Path, split: str, size: int | None, options: dict | None = None) -> ClassSplit:
     channels = _channels_option(options or {})
+    if (options or {}).get("unlabeled"):
+        return _load_unlabeled(root, split, size, channels)
     folder = _split_folder(root, split)
     if split != "all" and not folder.is_dir() and root.is_dir():
         present = [f"{s}/" for s in ("train", "val", "test") if (root / s).is_dir()]
