@@ -30,15 +30,15 @@ FLAG_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "episodes": (1, None, False), "seed": (0, MAX_SEED, False), "batch_episodes": (1, None, False),
     "k": (1, None, False), "temperature": (0.0, None, True), "max_train": (1, None, False),
     "max_test": (1, None, False), "weight_decay": (0.0, None, False), "unlabeled": (0, 100000, False),
-    "distractors": (0, 100000, False)}
+    "distractors": (0, 100000, False), "minutes": (0.0, None, True)}
 # flags and arguments naming a thing: an empty string would silently mean "not given" (or the current folder)
 TEXT_FLAGS = ("config", "run", "runs", "compare", "dataset", "split", "train_split", "data_root", "run_dir", "out",
-              "support", "query", "device", "unlabeled_dir")
+              "support", "query", "device", "unlabeled_dir", "labeled_dir")
 
 
 def _flag_name(dest: str) -> str:
-    if dest == "unlabeled_dir":  # predict's --unlabeled DIR
-        return "--unlabeled"
+    if dest in ("unlabeled_dir", "labeled_dir"):  # predict's and fit's --unlabeled DIR, fit's --labeled DIR
+        return "--" + dest.removesuffix("_dir")
     return dest.upper() if dest in ("config", "run", "runs", "compare") else "--" + dest.replace("_", "-")
 
 
@@ -105,6 +105,7 @@ def _data_root_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..engine.provenance import make_origin
     from ..engine.trainer import default_run_dir, load_run_config, prepare_run_dir, train
 
     dist = DistInfo.from_env()
@@ -112,6 +113,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     # torchrun --max-restarts: a restarted launch continues the run from its last checkpoint
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     resume = a.resume
+    origin = None  # a resume keeps the origin recorded at the start
     if resume:
         run_dir = Path(a.run_dir or a.config)
         cfg = load_run_config(run_dir, a.overrides)
@@ -124,9 +126,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(cfg)
         # a folder in use (locked), not a run, or a run to --resume is an error; a torchrun restart resumes it
         resume = prepare_run_dir(run_dir, restarted, dist.is_main, echo=say)
-    say(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.active else ""))
-    res = train(cfg, run_dir, resume=resume, data_root=a.data_root)
-    say(f"trained {res.steps} steps in {res.seconds:.1f} s; final loss {res.final_loss}")
+        origin = make_origin(a.config, a.overrides)
+    # runs/latest: the newest run made in the default folder (not --run-dir, not a resume)
+    latest = not (a.run_dir or a.resume)
+    say(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.active else "")
+        + (f" (also {run_dir.parent / 'latest'})" if latest else ""))
+    res = train(cfg, run_dir, resume=resume, data_root=a.data_root, origin=origin, latest_link=latest)
+    say(f"trained {res.steps} steps in {res.seconds:.1f} s; final loss {res.final_loss}; run folder {run_dir}")
     if cfg.train.report and dist.is_main:
         _write_report(run_dir, a.data_root, cfg.train.report_episodes, cfg.train.device)
     if a.eval:
@@ -142,11 +148,20 @@ def _write_report(run_dir: Path, data_root: str | None, episodes: int, device: s
     from ..engine.distributed import resolve_device
     from ..report import write_report
 
+    t0 = time.perf_counter()
+    print(f"writing the report ({episodes} episodes per evaluation)...", file=sys.stderr)
     try:
-        r = write_report(run_dir, data_root, episodes, str(resolve_device(device)))
-        print(f"report: {r.html}")
+        r = write_report(run_dir, data_root, episodes, str(resolve_device(device)), progress=_phase_printer())
+        print(f"report: {r.html} (written in {time.perf_counter() - t0:.1f} s)")
     except Exception as e:  # noqa: BLE001 - the checkpoint is already safe; say what went wrong
         print(f"report not written ({type(e).__name__}: {e}); run `metassl report {run_dir}`")
+
+
+def _phase_printer():
+    """The report's progress: one line per phase on standard error (`report: PHASE (N s so far)`)."""
+    t0 = time.perf_counter()
+    return lambda phase: print(f"report: {phase} ({time.perf_counter() - t0:.1f} s so far)", file=sys.stderr,
+                               flush=True)
 
 
 class _EvalBars:
@@ -223,11 +238,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
         return 0
     for note in state.get("input_notes", []):
         print(note, file=sys.stderr)
-    paper = model.config.eval.paper
+    from ..engine.provenance import paper_reference
+
     rows = []
     for r in results:
         d = r.to_dict(per_episode=getattr(a, "per_episode", False))
-        d["paper_mse" if r.name == "regression" else "paper_accuracy"] = paper.get(r.tag)  # regression: MSE
+        # the preset's number, only for the preset's data set and test split (regression: its MSE)
+        ref_value = paper_reference(model.config, model.origin, r.protocol, r.tag)
+        d["paper_mse" if r.name == "regression" else "paper_accuracy"] = ref_value
         d["checkpoint"] = state["checkpoint"]
         d["learner"] = model.config.learner.name
         d["step"] = state["step"]
@@ -235,7 +253,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         if not a.json:
             kind = "paper, inductive" if r.protocol.get("transductive") else "paper"  # the preset's number
             unit = " MSE" if r.name == "regression" else ""
-            ref = f"   ({kind}: {paper[r.tag]}{unit})" if r.tag in paper else ""
+            ref = f"   ({kind}: {ref_value}{unit})" if ref_value is not None else ""
             print(r.line() + ref)
     if a.json:
         print(to_json(rows[0] if len(rows) == 1 else rows))
@@ -350,22 +368,31 @@ def cmd_presets(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(a: argparse.Namespace) -> int:
+    from ..workflow import fit_folders
+
+    fit_folders(a.unlabeled_dir, a.out, labeled=a.labeled_dir, minutes=a.minutes, device=a.device, overrides=a.overrides)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from ..config import load_config
     from ..engine.evaluate import evaluate_run
+    from ..engine.provenance import make_origin, paper_reference
     from ..engine.trainer import default_run_dir, train
 
     t0 = time.perf_counter()
     cfg = load_config("omniglot/protonet_demo", a.overrides)
     run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(cfg)
     print(f"metassl demo: Prototypical Networks (Conv4) on Omniglot, Vinyals split; run folder {run_dir}")
-    res = train(cfg, run_dir, data_root=a.data_root)
+    res = train(cfg, run_dir, data_root=a.data_root, origin=make_origin("omniglot/protonet_demo", a.overrides),
+                latest_link=not a.run_dir)
     print(f"trained {res.steps} episodes ({cfg.tasks.ways}-way {cfg.tasks.shots}-shot) in {res.seconds:.0f} s")
-    _, _, results = evaluate_run(str(run_dir), data_root=a.data_root, progress=_progress(True))
+    model, _, results = evaluate_run(str(run_dir), data_root=a.data_root, progress=_progress(True))
     print(f"\nTest accuracy on {cfg.data.test_split} classes never seen in training "
           f"({cfg.eval.episodes} episodes, {cfg.eval.queries} queries per class, mean ± 95% CI):")
     for r in results:
-        ref = cfg.eval.paper.get(r.tag)
+        ref = paper_reference(model.config, model.origin, r.protocol, r.tag)
         ref_s = f"   paper (full training): {ref}" if ref else ""
         print(f"  {r.protocol['ways']}-way {r.protocol['shots']}-shot: {r.accuracy:.2f} ± {r.ci95:.2f}%{ref_s}")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Next:\n  metassl eval {run_dir} --shots 1 5 --episodes 600"
@@ -559,9 +586,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from ..report import write_report
 
+    t0 = time.perf_counter()
     r = write_report(a.run, a.data_root, a.episodes, a.device or "cpu", a.out, compare_with=a.compare,
-                     transductive=a.transductive)
-    print(f"report: {r.html} ({len(r.figures)} figures)")
+                     transductive=a.transductive, progress=_phase_printer())
+    print(f"report: {r.html} ({len(r.figures)} figures, written in {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -659,7 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="adapt to a folder of labeled images and label new images (or to the rows "
                        "of a table file: --support S.csv --query Q.csv)")
-    p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("run", nargs="?", metavar="RUN", help="run folder or checkpoint folder (first, before the options; "
+                   "or --run RUN anywhere)")
+    p.add_argument("--run", dest="run_flag", metavar="RUN", help="the run, as an option (same as RUN)")
     p.add_argument("--support", required=True, help="folder with one sub-folder of labeled images per class")
     p.add_argument("--query", required=True, nargs="+", help="a folder (searched recursively) or image files")
     p.add_argument("--out", help="write the CSV (or JSON) here instead of standard output")
@@ -696,6 +726,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     _data_root_arg(p)
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("fit", help="from folders of your images to a run to predict with, within a time budget: "
+                       "SimCLR on the unlabeled images, then ProtoNet on the labeled classes when given")
+    p.add_argument("overrides", nargs="*", help="section.key=value for both stages, e.g. model.hidden=32")
+    p.add_argument("--unlabeled", dest="unlabeled_dir", required=True, metavar="DIR", help="folder of unlabeled images (searched "
+                   "recursively; the more the better)")
+    p.add_argument("--labeled", dest="labeled_dir", metavar="DIR", help="DIR/<class>/<image>: labeled examples of some classes (not "
+                   "necessarily the ones you will predict)")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget for both stages (default 10)")
+    p.add_argument("--out", required=True, metavar="RUN", help="the run folder to create (with --labeled, the "
+                   "SimCLR stage goes to RUN.simclr beside it)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("demo", help="train ProtoNet on Omniglot and report 5-way 1/5-shot test accuracy")
     p.add_argument("overrides", nargs="*")
@@ -742,13 +785,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise SystemExit(2)
     if hasattr(args, "overrides"):
         args.overrides = list(args.overrides or []) + moved
+    if args.command == "predict":
+        _predict_run(args)
     return args
+
+
+def _is_run(path: str) -> bool:
+    """A run folder or a checkpoint folder (never a folder of images to predict)."""
+    p = Path(path)
+    return (p / "config.yaml").is_file() or (p / "state.json").is_file() or (p / "checkpoints").is_dir()
+
+
+def _predict_run(a: argparse.Namespace) -> None:
+    """predict's RUN: positional (`predict RUN --support S --query Q`) or `--run RUN`; in `predict --support S
+    --query Q RUN` the list flag --query took RUN too, which is given back when it is a run folder."""
+    if a.run is not None and a.run_flag is not None and a.run != a.run_flag:
+        _usage_error("predict", f"RUN {a.run} and --run {a.run_flag} differ; give the run once")
+    a.run = a.run if a.run is not None else a.run_flag  # "" stays: check_flags says it is empty
+    if a.run is None and len(a.query) > 1 and _is_run(a.query[-1]):
+        a.run = a.query.pop()
+    if a.run is None:
+        _usage_error("predict", "give the run first: `metassl predict RUN --support S --query Q` (or --run RUN)")
+
+
+def _usage_error(command: str, message: str) -> None:
+    print(f"metassl {command}: error: {message}; see `metassl {command} --help`", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`metassl presets | head -1`): stop quietly, as Unix tools do on SIGPIPE
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     finally:
         if "torch.distributed" in sys.modules:  # a process group (torchrun) is closed before the process ends
             from ..engine.distributed import teardown

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class Model:
     buffers: Tensors
     image_shape: tuple[int, int, int]
     preprocess: Preprocess
+    # where the run came from (state.json's `origin`: config, overrides, data root; engine/provenance.py)
+    origin: dict = field(default_factory=dict)
 
     def state_tensors(self) -> Tensors:
         return {**self.params, **self.buffers}
@@ -167,4 +169,5 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", which: str 
     model = build_model(cfg, shape, preprocess, device)
     model.load_tensors(tensors, str(folder / "model.safetensors"))
     model.train(False)
+    model.origin = state.get("origin") if isinstance(state.get("origin"), dict) else {}
     return model, {**state, "checkpoint": str(folder)}

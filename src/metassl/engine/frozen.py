@@ -67,12 +67,17 @@ def load_run_split(model: Model, dataset: str | None = None, split: str | None =
     run's data.root) at the model's image size and channels (converted as prediction converts), on `device` (default:
     the model's), checked against the image shape the model was trained on. Images of another data set than the
     run's (or of a folder) are inverted where their background is on the other side of the training images'
-    (`polarity="keep"`: never); what was done is appended to `notes`."""
+    (`polarity="keep"`: never); what was done is appended to `notes`. The run's recorded data root (where it was
+    trained from, `--data-root` or data.root) comes before data.root when it still exists and the data set is the
+    run's own; an explicit `data_root` wins."""
+    from .provenance import recorded_data_root
+
     cfg = model.config
     ds, sp = dataset or cfg.data.dataset, split or cfg.data.test_split
     # images: the model's image size; other inputs (vectors, functions) are never resized
     size = model.image_shape[-1] if len(model.image_shape) == 3 else None
-    data = load_dataset(ds, sp, data_root or cfg.data.root, size,
+    recorded = recorded_data_root(getattr(model, "origin", None)) if ds == cfg.data.dataset else None
+    data = load_dataset(ds, sp, data_root or recorded or cfg.data.root, size,
                         device if device is not None else model.params[next(iter(model.params))].device,
                         cfg.data.options)
     data = _match_inputs(model, data, ds, polarity, notes)

@@ -61,6 +61,7 @@ from .distributed import DistInfo, resolve_device
 from .logging import RunLogger, plot_learning_curves, read_metrics
 from .meta import StepRunner
 from .optim import lr_factor, make_optimizer, set_lr
+from .provenance import recorded_data_root, with_data_root
 
 
 @dataclass
@@ -247,8 +248,12 @@ def environment() -> dict[str, Any]:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, data_root: str | None = None,
-                 dist: DistInfo | None = None, echo=print):
+                 dist: DistInfo | None = None, echo=print, origin: dict[str, Any] | None = None,
+                 latest_link: bool = False):
+        """`origin`: what started the run (engine/provenance.make_origin), kept in every checkpoint with the data
+        root; `latest_link`: point `<run_dir's parent>/latest` at this run once its config is written."""
         self.dist = dist or DistInfo.from_env()
+        self.origin, self.latest_link = dict(origin or {}), latest_link
         self.cfg, self.run_dir, self.echo = cfg, Path(run_dir), echo if self.dist.is_main else (lambda *a, **k: None)
         echo = self.echo
         tune_allocator()  # reuse freed activation memory instead of fresh mmap pages per step (engine/allocator.py)
@@ -295,7 +300,13 @@ class Trainer:
         resume = resume_from is not None
         # the same seed on every process: the same initialization, and the same global batches drawn by each
         seed_everything(cfg.seed)
+        if resume:  # the origin recorded at the start; a resume without --data-root reads where the run read
+            old = _recorded_origin(resume_from)
+            self.origin = {**old, **self.origin}
+            data_root = data_root or (recorded_data_root(old) if cfg.data.dataset == old.get("dataset",
+                                                                                          cfg.data.dataset) else None)
         root = data_root or cfg.data.root
+        self.origin = with_data_root({**self.origin, "dataset": cfg.data.dataset}, root)
         self.data_root = root
         d = cfg.data
         self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device, d.options)
@@ -380,6 +391,8 @@ class Trainer:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+                if self.latest_link:
+                    link_latest(self.run_dir)
                 # a new start in a folder of an earlier attempt (stopped before its first checkpoint): a new log
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
                 shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
@@ -428,7 +441,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "image_shape": list(self.model.image_shape),
                 "preprocess": self.preprocess.to_dict(), "learner": self.cfg.learner.name,
-                "dataset": self.cfg.data.dataset, "task_type": self.task_type, "best_val": self.best_val, "param_names": self.param_names,
+                "dataset": self.cfg.data.dataset, "origin": self.origin, "task_type": self.task_type, "best_val": self.best_val, "param_names": self.param_names,
                 "environment": environment(), "saved_at": datetime.now().isoformat(timespec="seconds"),
                 # what a resumed run needs to continue exactly: the path choice and the unlogged steps
                 "engine": self.runner.state_dict() if self.runner is not None else self.runner_state,
@@ -659,6 +672,9 @@ class Trainer:
         t0, last, history = time.perf_counter(), None, []
         self._t0, self._last_save = t0, time.monotonic()
         bar = None
+        note = warmup_note(cfg, self.step)
+        if note and self.dist.is_main:
+            print(f"warning: {note}", file=sys.stderr)
         if self.dist.is_main and cfg.train.progress and self.step < total:
             from tqdm import tqdm
 
@@ -731,9 +747,55 @@ class Trainer:
 
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, data_root: str | None = None,
-          echo=print) -> TrainResult:
-    """Train `cfg` into `run_dir` (a new timestamped folder under cfg.output_dir by default)."""
-    return Trainer(cfg, Path(run_dir) if run_dir else default_run_dir(cfg), resume, data_root, echo=echo).run()
+          echo=print, origin: dict[str, Any] | None = None, latest_link: bool | None = None) -> TrainResult:
+    """Train `cfg` into `run_dir` (a new timestamped folder under cfg.output_dir by default; then, unless
+    `latest_link=False`, cfg.output_dir/latest points at it). `origin`: see engine/provenance.py."""
+    link = run_dir is None if latest_link is None else latest_link
+    return Trainer(cfg, Path(run_dir) if run_dir else default_run_dir(cfg), resume, data_root, echo=echo,
+                   origin=origin, latest_link=link).run()
+
+
+def _recorded_origin(folder: Path) -> dict[str, Any]:
+    """The `origin` in a checkpoint's state.json ({} when absent or unreadable: the resume reports real damage)."""
+    try:
+        origin = json.loads((folder / "state.json").read_text(encoding="utf-8")).get("origin")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return origin if isinstance(origin, dict) else {}
+
+
+def link_latest(run_dir: Path) -> Path | None:
+    """Point `<parent>/latest` at `run_dir` (a relative symlink, replaced atomically), so `runs/latest` is always
+    the newest run made under the default folder; None where symlinks cannot be made or `latest` is a real
+    folder (left alone)."""
+    link = run_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        return None
+    tmp = run_dir.parent / f".latest.{os.getpid()}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(run_dir.name, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+    return link
+
+
+def warmup_note(cfg: RunConfig, step: int = 0) -> str | None:
+    """One line when most of the run is linear warm-up (optim.warmup_steps > half of train.steps), with the learning
+    rate the run will reach; None otherwise. A warning, not a silent rescaling of the warm-up: the config is what
+    the run records and what its results are quoted with, so the user decides (a shorter warm-up or more steps)."""
+    warm, total = cfg.optim.warmup_steps, cfg.train.steps
+    if not warm or total <= 0 or step >= min(warm, total) or warm <= total / 2:
+        return None
+    peak = max(lr_factor(s, cfg.optim, total) for s in {min(warm, total) - 1, total - 1}) * cfg.optim.lr
+    fix = f"lower optim.warmup_steps (e.g. optim.warmup_steps={max(1, total // 10)}) or raise train.steps"
+    if warm >= total:
+        return (f"optim.warmup_steps={warm} >= train.steps={total}: the whole run is warm-up and its learning rate "
+                f"reaches only {peak:.3g} of optim.lr={cfg.optim.lr:g}; {fix}")
+    return (f"optim.warmup_steps={warm} is {100 * warm / total:.0f}% of train.steps={total}: the learning rate "
+            f"reaches optim.lr={cfg.optim.lr:g} only at step {warm}; {fix}")
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -19,6 +19,7 @@ from ..engine.build import Model, load_model
 from ..engine.evaluate import compare_runs
 from ..engine.frozen import load_run_split
 from ..engine.logging import plot_learning_curves
+from ..engine.provenance import overrides_text, paper_reference, preset_applies
 from ..eval.episodes import Protocol, evaluate
 from ..eval.features import embed_images
 from ..eval.result import EvalResult
@@ -36,16 +37,20 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_write_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    with atomic_write_path(path) as tmp:  # tight: long class names and legends are not cut off
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight", pad_inches=0.1)
     _plt().close(fig)
     return path
 
 
 def shot_sweep(model: Model, split: ClassSplit, ways: int, queries: int, episodes: int, seed: int,
-               shots=SHOTS) -> list[tuple[int, int, EvalResult | None]]:
-    """Accuracy at each shot count; queries shrink where a class has too few images (recorded), None if impossible."""
+               shots=SHOTS, done: dict[Protocol, EvalResult] | None = None, evaluator: "SharedFeatures | None" = None
+               ) -> list[tuple[int, int, EvalResult | None]]:
+    """Accuracy at each shot count; queries shrink where a class has too few images (recorded), None if impossible.
+    `done`: results already computed (the report's table), reused for the same protocol (the same episodes);
+    `evaluator`: evaluates on shared features (`SharedFeatures`)."""
     out = []
+    done = done or {}
     smallest = int(torch.sort(split.counts).values[-ways]) if split.num_classes >= ways else 0
     for k in shots:
         q = min(queries, smallest - k)
@@ -53,8 +58,64 @@ def shot_sweep(model: Model, split: ClassSplit, ways: int, queries: int, episode
             out.append((k, 0, None))
             continue
         p = Protocol(split.name.split("/")[0], split.name.split("/")[-1], ways, k, q, episodes, seed)
-        out.append((k, q, evaluate(model.predict, split, p, model.preprocess, 25)))
+        out.append((k, q, done[p] if p in done else evaluator.evaluate(p, 25) if evaluator else
+                    evaluate(model.predict, split, p, model.preprocess, 25)))
     return out
+
+
+class SharedFeatures:
+    """The report's evaluations on one embedding of the test split instead of re-embedding every episode's images
+    per protocol: the learner runs on the stored features with an identity encoder. Used only when that gives the
+    same logits as the images do, checked exactly on a batch of real episodes (`check`); learners that adapt the
+    encoder (the MAML family) or normalize by batch statistics fail the check or are never tried, and are evaluated
+    on images as before."""
+
+    def __init__(self, model: Model, split: ClassSplit, features: torch.Tensor):
+        from ..data.episodic import Preprocess
+
+        self.model, self.split = model, split
+        self.features = ClassSplit(features, split.counts, list(split.class_names), name=split.name,
+                                   preprocess=Preprocess())
+        learner = model.learner.with_options(input_ndim=1, channels_last=False)
+        learner.encode_with = lambda tensors, inputs: inputs  # the inputs are the encoder's outputs already
+        self.learner = learner
+
+    @classmethod
+    def build(cls, model: Model, split: ClassSplit, protocol: Protocol, batch_episodes: int
+              ) -> "SharedFeatures | None":
+        """A SharedFeatures for this model and split when it reproduces `protocol`'s first batch of episodes
+        exactly, else None."""
+        if model.learner.batch_statistics or split.images.dim() != 4:
+            return None
+        shared = cls(model, split, embed_images(model, split.images, model.preprocess, 256))
+        return shared if shared.check(protocol, batch_episodes) else None
+
+    def predict(self, support_x, support_y, query_x, ways, unlabeled_x=None):
+        m = self.model
+        extra = {} if unlabeled_x is None else {"unlabeled_x": unlabeled_x}
+        return self.learner.predict(m.params, m.buffers, support_x, support_y, query_x, ways, **extra)
+
+    def check(self, protocol: Protocol, batch_episodes: int) -> bool:
+        """The logits of the protocol's first batch of episodes are the same, bit for bit, on features and images."""
+        n = min(batch_episodes, protocol.episodes)
+        args = (protocol.ways, protocol.shots, protocol.queries, protocol.seed, 0, n, protocol.unlabeled,
+                protocol.distractors)
+        with torch.no_grad():
+            try:
+                a = self._logits(self.predict, eval_episodes(self.features, *args), lambda x: x)
+            except Exception:  # noqa: BLE001 - a learner that needs images: evaluate on images
+                return False
+            b = self._logits(self.model.predict, eval_episodes(self.split, *args), self.model.preprocess)
+        return a.shape == b.shape and torch.equal(a, b)
+
+    @staticmethod
+    def _logits(predict, tasks, prep) -> torch.Tensor:
+        t = tasks.map_images(prep)
+        extra = {} if t.unlabeled_x is None else {"unlabeled_x": t.unlabeled_x}
+        return predict(t.support_x, t.support_y, t.query_x, tasks.ways, **extra)
+
+    def evaluate(self, protocol: Protocol, batch_episodes: int) -> EvalResult:
+        return evaluate(self.predict, self.features, protocol, lambda x: x, batch_episodes)
 
 
 def plot_shots(sweep, path: Path, title: str) -> Path:
@@ -79,9 +140,13 @@ def plot_shots(sweep, path: Path, title: str) -> Path:
 
 
 def class_confusion(model: Model, split: ClassSplit, ways: int, shots: int, queries: int, episodes: int, seed: int,
-                    num_classes: int = 10) -> tuple[list[str], torch.Tensor]:
+                    num_classes: int = 10, evaluator: SharedFeatures | None = None) -> tuple[list[str], torch.Tensor]:
     """Confusion over real test classes: episodes drawn from a fixed subset of `num_classes` classes, each
-    prediction counted against the true class identity (not the episode's arbitrary label)."""
+    prediction counted against the true class identity (not the episode's arbitrary label). `evaluator`: the same
+    episodes on shared features."""
+    predict, prep = model.predict, model.preprocess
+    if evaluator is not None:
+        split, predict, prep = evaluator.features, evaluator.predict, (lambda x: x)
     g = torch.Generator().manual_seed(seed)
     eligible = (split.counts >= shots + queries).nonzero().flatten().cpu()
     chosen = eligible[torch.randperm(eligible.numel(), generator=g)[:num_classes]].sort().values
@@ -90,9 +155,9 @@ def class_confusion(model: Model, split: ClassSplit, ways: int, shots: int, quer
     conf = torch.zeros(sub.num_classes, sub.num_classes)
     for start in range(0, episodes, 25):
         t = eval_episodes(sub, n, shots, queries, seed, start, min(25, episodes - start))
-        b = t.map_images(model.preprocess)
+        b = t.map_images(prep)
         with torch.no_grad():
-            logits = model.predict(b.support_x, b.support_y, b.query_x, n)
+            logits = predict(b.support_x, b.support_y, b.query_x, n)
         pred = logits.argmax(-1).cpu()
         cls = t.classes.cpu()
         true_c = torch.gather(cls, 1, t.query_y.cpu())
@@ -106,7 +171,7 @@ def plot_confusion(names: list[str], conf: torch.Tensor, path: Path, title: str)
     rows = conf / conf.sum(1, keepdim=True).clamp_min(1)
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     im = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
-    short = [n if len(n) <= 22 else "…" + n[-21:] for n in names]
+    short = [n if len(n) <= 40 else "…" + n[-39:] for n in names]  # whole names; the saved figure grows to fit
     ax.set_xticks(range(len(names)), short, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), short, fontsize=7)
     for i in range(len(names)):
@@ -121,8 +186,8 @@ def plot_confusion(names: list[str], conf: torch.Tensor, path: Path, title: str)
     return _save(fig, path)
 
 
-def plot_tsne(model: Model, split: ClassSplit, path: Path, seed: int, num_classes: int = 10, per_class: int = 30
-              ) -> Path:
+def plot_tsne(model: Model, split: ClassSplit, path: Path, seed: int, num_classes: int = 10, per_class: int = 30,
+              features: torch.Tensor | None = None) -> Path:
     from sklearn.manifold import TSNE
 
     plt = _plt()
@@ -134,7 +199,8 @@ def plot_tsne(model: Model, split: ClassSplit, path: Path, seed: int, num_classe
         take = torch.randperm(n, generator=g)[:per_class] + o
         idx.append(take)
         lab += [j] * take.numel()
-    z = embed_images(model, split.images[torch.cat(idx).to(split.device)], model.preprocess, 256)
+    take = torch.cat(idx).to(split.device)
+    z = features[take] if features is not None else embed_images(model, split.images[take], model.preprocess, 256)
     z = torch.nn.functional.normalize(z, dim=-1).cpu().numpy()
     xy = TSNE(n_components=2, perplexity=min(30, max(5, len(z) // 4)), init="pca", random_state=seed).fit_transform(z)
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
@@ -158,18 +224,23 @@ class ReportResult:
 
 def write_report(run: str | Path, data_root: str | None = None, episodes: int | None = None, device: str = "cpu",
                  out: str | Path | None = None, compare_with: list[str | Path] | None = None,
-                 transductive: list[str] | None = None) -> ReportResult:
+                 transductive: list[str] | None = None, progress: Callable[[str], None] | None = None,
+                 share_features: bool = True) -> ReportResult:
     """Evaluate a run on its test split and write `report.html` with its figures into `<run>/report/`.
     `compare_with`: other runs, evaluated on the same episodes as this run's first protocol; the page then shows
     the paired comparison (`metassl compare`) of every run against this one. `transductive`: methods of
     `metassl.eval.transductive`; the page adds their accuracy on the same episodes, paired against the run's own
-    (inductive) classifier, in a table of its own that states the query-set size and balance."""
+    (inductive) classifier, in a table of its own that states the query-set size and balance. `progress(phase)` is
+    called as each phase starts; `share_features`: evaluate on one embedding of the test split where that gives
+    the same results (`SharedFeatures`)."""
+    say = progress or (lambda phase: None)
     run = Path(run)
     model, info = load_model(run, torch.device(device))
     cfg = model.config
     run_dir = run if (run / "config.yaml").exists() else Path(info["checkpoint"]).parent.parent
     folder = Path(out) if out else run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
+    say(f"loading {cfg.data.dataset}/{cfg.data.test_split}")
     split = load_run_split(model, data_root=data_root)
     if getattr(split, "task_type", "") == "regression":  # few-shot regression (issue 18): its own page
         from .regression import regression_report
@@ -182,21 +253,37 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
     curves = plot_learning_curves(run_dir, folder / "learning_curves.png")
     if curves:
         figures.append(curves)
-    for k in cfg.eval.shots:
-        p = Protocol(cfg.data.dataset, cfg.data.test_split, ways, k, cfg.eval.queries, eps, cfg.eval.seed,
-                     cfg.eval.unlabeled, cfg.eval.distractors)
-        r = evaluate(model.predict, split, p, model.preprocess, cfg.eval.batch_episodes)
-        table.append({**r.to_dict(), "paper_accuracy": cfg.eval.paper.get(p.tag)})
-    sweep = shot_sweep(model, split, ways, cfg.eval.queries, eps, cfg.eval.seed)
+    protocols = [Protocol(cfg.data.dataset, cfg.data.test_split, ways, k, cfg.eval.queries, eps, cfg.eval.seed,
+                          cfg.eval.unlabeled, cfg.eval.distractors) for k in cfg.eval.shots]
+    shared = None
+    if share_features:
+        say(f"embedding the {split.images.shape[0]} test images once")
+        shared = SharedFeatures.build(model, split, protocols[0], cfg.eval.batch_episodes)
+        if shared is None:
+            say(f"{cfg.learner.name} does not classify stored features the same way: every episode's images are "
+                f"embedded")
+    done: dict[Protocol, EvalResult] = {}
+    for p in protocols:
+        say(f"evaluating {p.ways}-way {p.shots}-shot ({eps} episodes)")
+        r = (shared.evaluate(p, cfg.eval.batch_episodes) if shared else
+             evaluate(model.predict, split, p, model.preprocess, cfg.eval.batch_episodes))
+        done[p] = r
+        table.append({**r.to_dict(), "paper_accuracy": paper_reference(cfg, model.origin, r.protocol)})
+    say(f"accuracy against shots ({', '.join(map(str, SHOTS))})")
+    sweep = shot_sweep(model, split, ways, cfg.eval.queries, eps, cfg.eval.seed, done=done, evaluator=shared)
     figures.append(plot_shots(sweep, folder / "accuracy_vs_shots.png",
                               f"{ways}-way accuracy against shots ({eps} episodes each)"))
+    say("confusion matrix")
     names, conf = class_confusion(model, split, ways, min(cfg.eval.shots), min(cfg.eval.queries, 5), eps,
-                                  cfg.eval.seed)
+                                  cfg.eval.seed, evaluator=shared)
     figures.append(plot_confusion(names, conf, folder / "confusion.png",
                                   f"Confusion over {len(names)} test classes ({eps} episodes)"))
-    figures.append(plot_tsne(model, split, folder / "tsne.png", cfg.eval.seed))
+    say("t-SNE map")
+    figures.append(plot_tsne(model, split, folder / "tsne.png", cfg.eval.seed,
+                             features=shared.features.images if shared else None))
     comparison = []
     if compare_with:
+        say(f"comparing with {len(compare_with)} other run(s)")
         p = table[0]["protocol"]
         comparison = [c.to_dict() for c in compare_runs(
             [run, *compare_with], p["dataset"], p["split"], p["ways"], p["shots"], p["queries"], p["episodes"],
@@ -204,13 +291,15 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
         atomic_write_text(folder / "comparison.json", json.dumps(comparison, indent=1) + "\n")
     transductive_rows = []
     if transductive:
+        say(f"transductive methods ({', '.join(transductive)})")
         p = table[0]["protocol"]
         transductive_rows = [c.to_dict() for c in compare_runs(
             [run] * (1 + len(transductive)), p["dataset"], p["split"], p["ways"], p["shots"], p["queries"],
             p["episodes"], p["seed"], data_root, device=device, transductive=[None, *transductive],
             unlabeled=p.get("unlabeled", 0), distractors=p.get("distractors", 0))]
         atomic_write_text(folder / "transductive.json", json.dumps(transductive_rows, indent=1) + "\n")
-    page = _html(cfg, info, table, sweep, figures, folder, comparison, transductive_rows)
+    say("writing the page")
+    page = _html(cfg, info, table, sweep, figures, folder, comparison, transductive_rows, model.origin)
     atomic_write_text(folder / "report.html", page)
     atomic_write_text(folder / "evaluation.json", json.dumps(table, indent=1) + "\n")
     return ReportResult(folder / "report.html", figures, table)
@@ -264,8 +353,24 @@ def _transductive_html(rows: list[dict]) -> str:
 
 
 def _html(cfg, info, table, sweep, figures, folder: Path, comparison: list[dict] | None = None,
-          transductive_rows: list[dict] | None = None) -> str:
+          transductive_rows: list[dict] | None = None, origin: dict | None = None) -> str:
     e = html.escape
+    # the preset's name and description describe its own data; a run moved to other data says so
+    own = preset_applies(cfg, origin)
+    preset = (origin or {}).get("config") or cfg.name
+    title = cfg.name if own else f"{cfg.name} (preset {preset}) trained on {cfg.data.dataset}"
+    about = (e(cfg.description) if own else
+             f"A run of the preset <code>{e(preset)}</code> moved to other data (<code>{e(cfg.data.dataset)}</code>"
+             f"{'' if not cfg.data.options else f', options <code>{e(str(dict(cfg.data.options)))}</code>'}): "
+             f"the preset's description and paper numbers are about its own data set and are not shown.")
+    command, origin = overrides_text(origin), origin or {}
+    if command:
+        listed = ", ".join(f"<code>{e(o)}</code>" for o in origin.get("overrides", [])) or "none"
+        root = f"; data root <code>{e(origin['data_root'])}</code>" if origin.get("data_root") else ""
+        started = f"<p>Trained as <code>metassl train {e(command)}</code> (overrides: {listed}){root}.</p>"
+    else:
+        started = ("<p>The config and overrides this run started from were not recorded (a run made before they "
+                   "were, or from the Python API); its config is in config.yaml.</p>")
     rows = "".join(
         f"<tr><td>{e(r['protocol']['dataset'])}/{e(r['protocol']['split'])}</td><td>{r['protocol']['ways']}-way "
         f"{r['protocol']['shots']}-shot</td><td>{r['protocol']['episodes']}</td><td><b>{r['accuracy']:.2f} ± "
@@ -274,17 +379,20 @@ def _html(cfg, info, table, sweep, figures, folder: Path, comparison: list[dict]
     sweep_rows = "".join(
         f"<tr><td>{k}</td><td>{q if r else '—'}</td><td>{f'{r.accuracy:.2f} ± {r.ci95:.2f}' if r else 'too few images per class'}</td></tr>"
         for k, q, r in sweep)
-    imgs = "".join(f'<figure><img src="{e(p.name)}" alt="{e(p.stem)}"><figcaption>{e(p.stem.replace("_", " "))}'
-                   f"</figcaption></figure>" for p in figures)
+    # the learning curves are wide (several panels): full width; the other figures side by side
+    imgs = "".join(f'<figure{" class=wide" if p.stem == "learning_curves" else ""}><img src="{e(p.name)}" '
+                   f'alt="{e(p.stem)}"><figcaption>{e(p.stem.replace("_", " "))}</figcaption></figure>'
+                   for p in figures)
     env = info.get("environment", {})
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>metassl report: {e(cfg.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>metassl report: {e(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}
 th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:.5em}}
-img{{max-width:520px;border:1px solid #ddd}}code{{background:#f6f6f6;padding:0 .3em}}</style></head><body>
-<h1>{e(cfg.name)}</h1>
-<p>{e(cfg.description)}</p>
+img{{max-width:520px;border:1px solid #ddd}}figure.wide{{display:block}}figure.wide img{{max-width:100%}}code{{background:#f6f6f6;padding:0 .3em}}</style></head><body>
+<h1>{e(title)}</h1>
+<p>{about}</p>
+{started}
 <p>Learner <code>{e(cfg.learner.name)}</code>, backbone <code>{e(cfg.model.backbone)}</code>, data set
 <code>{e(cfg.data.dataset)}</code> (train split <code>{e(cfg.data.train_split)}</code>), {info['step']} steps.
 Checkpoint <code>{e(info['checkpoint'])}</code>; torch {e(str(env.get('torch', '?')))} on

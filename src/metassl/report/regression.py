@@ -15,6 +15,7 @@ import torch
 from ..atomic import atomic_write_text
 from ..data.regression import FunctionSplit
 from ..engine.build import Model, load_model
+from ..engine.provenance import paper_reference
 from ..eval.regression import RegressionProtocol, evaluate_regression
 
 __all__ = ["regression_report", "plot_fits", "STEPS"]
@@ -83,7 +84,7 @@ def regression_report(run: Path, run_dir: Path, split: Any, folder: Path, device
             m = _with_steps(run, device, s)
             rp = RegressionProtocol(cfg.data.dataset, cfg.data.test_split, k, cfg.eval.queries, eps, cfg.eval.seed, s)
             r = evaluate_regression(m.predict, split, rp, cfg.eval.batch_episodes)
-            table.append({**r.to_dict(), "paper_mse": cfg.eval.paper.get(rp.tag)})
+            table.append({**r.to_dict(), "paper_mse": paper_reference(cfg, base.origin, r.protocol, rp.tag)})
     if isinstance(split, FunctionSplit):
         figures.append(plot_fits(run, split, folder / "fits.png", device, seed=cfg.eval.seed))
     e = html.escape
