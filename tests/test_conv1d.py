@@ -107,3 +107,41 @@ def test_transfer_baseline_trains_on_signals(tmp_path, capsys):
                  "eval.episodes=5", "train.steps=2", "train.progress=false", "train.tensorboard=false",
                  "train.report=false", "--run-dir", str(tmp_path / "run"), "--eval"]) == 0
     assert "table/test 2-way 2-shot" in capsys.readouterr().out
+
+
+def _ts_file(path, rows, dims=1):
+    lines = ["# a comment", "@problemName Toy", "@univariate " + ("true" if dims == 1 else "false"),
+             "@equalLength true", "@classLabel true " + " ".join(sorted({y for _, y in rows})), "@data"]
+    lines += [":".join(",".join(f"{v:.4f}" for v in d) for d in x) + f":{y}" for x, y in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_ts_files_become_an_npz_the_sequence_presets_train_on(tmp_path, capsys):
+    """scripts/ts_to_npz.py (the UCR / aeon .ts format) -> x [M, C, L], y [M]; then both sequences/ presets train
+    and evaluate on it through the command (classes 0-4 train, 5-9 test, as for ACSF1)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ts_to_npz", Path(__file__).parents[1] / "scripts" / "ts_to_npz.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 24)
+    rows = [([np.sin(2 * math.pi * (c + 1) * t) + 0.1 * rng.normal(size=24)], str(c)) for c in range(10) for _ in range(4)]
+    _ts_file(tmp_path / "A_TRAIN.ts", rows[::2])
+    _ts_file(tmp_path / "A_TEST.ts", rows[1::2])
+    assert mod.main([str(tmp_path / "A_TRAIN.ts"), str(tmp_path / "A_TEST.ts"), "--out", str(tmp_path / "acsf1.npz")]) == 0
+    d = np.load(tmp_path / "acsf1.npz")
+    assert d["x"].shape == (40, 1, 24) and d["x"].dtype == np.float32 and sorted(set(d["y"])) == [str(c) for c in range(10)]
+    assert np.allclose(d["x"][0, 0], np.round(rows[0][0][0], 4), atol=1e-4)  # the first train row, as written
+    mod.main([str(tmp_path / "A_TRAIN.ts"), "--out", str(tmp_path / "z.npz"), "--znorm"])
+    z = np.load(tmp_path / "z.npz")["x"]
+    assert np.allclose(z.mean(-1), 0, atol=1e-5) and np.allclose(z.std(-1), 1, atol=1e-4)
+    (tmp_path / "bad.ts").write_text("@data\n1,2,?:a\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"bad.ts:2: not a number"):
+        mod.main([str(tmp_path / "bad.ts"), "--out", str(tmp_path / "b.npz")])
+    small = [f"data.root={tmp_path}", "model.channels=[4, 4]", "tasks.queries=1", "eval.shots=[1]", "eval.queries=1",
+             "eval.episodes=3", "train.steps=2", "train.progress=false", "train.tensorboard=false", "train.report=false"]
+    for preset in ("sequences/acsf1_protonet", "sequences/acsf1_anil"):
+        assert main(["train", preset, *small, "--run-dir", str(tmp_path / preset.split("/")[1]), "--eval"]) == 0
+        assert "table/test 5-way 1-shot (3 episodes, 1 queries" in capsys.readouterr().out

@@ -182,6 +182,8 @@ def test_train_eval_through_the_command(tmp_path, capsys):
     assert main(["train", "sinusoid/maml_k10", *SMALL, "--run-dir", str(run), "--eval"]) == 0
     out = capsys.readouterr().out
     assert "10-shot regression (6 tasks, 5 query points" in out and "MSE" in out
+    # beside it, the paper's: Finn et al. give only curves, and the line says so rather than printing nothing
+    assert "(paper: unchecked: Finn et al. 2017 give sinusoid MSE only as curves (Figure 3)" in out
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["kind"] == "val"]
     assert val and "mse" in val[0] and "accuracy" not in val[0]

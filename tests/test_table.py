@@ -208,3 +208,13 @@ def test_sklearn_tables_load_offline():
         load_dataset("table", "test", options=opts)
     with pytest.raises(ConfigError, match="sklearn:nope.*sklearn:digits"):
         load_dataset("table", "test", options={"file": "sklearn:nope", "label_column": "target"})
+
+
+def test_digits_presets_evaluate_five_way_on_five_unseen_classes():
+    """tabular/digits_*: classes 0-4 train, 5-9 test, so the presets' 5-way episodes draw from five unseen digits."""
+    for preset in ("tabular/digits_protonet", "tabular/digits_anil"):
+        cfg = load_config(preset)
+        train = load_dataset("table", cfg.data.train_split, options=dict(cfg.data.options))
+        test = load_dataset("table", cfg.data.test_split, options=dict(cfg.data.options))
+        assert list(train.class_names) == ["0", "1", "2", "3", "4"] and list(test.class_names) == ["5", "6", "7", "8", "9"]
+        assert cfg.tasks.ways == cfg.eval.ways == 5 and tuple(train.images.shape[1:]) == (64,)

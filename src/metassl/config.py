@@ -184,6 +184,8 @@ class EvalConfig:
                               "images join its unlabeled set")
     paper: dict[str, float] = option(default_factory=dict,
                                      help="the paper's accuracy per protocol, e.g. {5w1s: 98.8}, for tables")
+    paper_note: str = option("", help="printed beside a result that has no number in eval.paper: what the paper "
+                             "reports instead, e.g. that its figure is a curve no value was read off (unchecked)")
 
     def validate(self):
         if not self.shots:

@@ -238,7 +238,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         return 0
     for note in state.get("input_notes", []):
         print(note, file=sys.stderr)
-    from ..engine.provenance import paper_reference
+    from ..engine.provenance import paper_note, paper_reference
 
     rows = []
     for r in results:
@@ -253,7 +253,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         if not a.json:
             kind = "paper, inductive" if r.protocol.get("transductive") else "paper"  # the preset's number
             unit = " MSE" if r.name == "regression" else ""
-            ref = f"   ({kind}: {ref_value}{unit})" if ref_value is not None else ""
+            note = paper_note(model.config, model.origin, r.protocol, r.tag)  # no number: what the paper gives
+            ref = f"   ({kind}: {ref_value}{unit})" if ref_value is not None else f"   (paper: {note})" if note else ""
             print(r.line() + ref)
     if a.json:
         print(to_json(rows[0] if len(rows) == 1 else rows))

@@ -169,11 +169,15 @@ def _bert(ids: torch.Tensor, mask: torch.Tensor, w: dict[str, torch.Tensor], cfg
 
 @torch.no_grad()
 def minilm_embed(texts: list[str], batch_size: int = 32) -> torch.Tensor:
-    """all-MiniLM-L6-v2 sentence embeddings [M, 384] (mean-pooled, L2-normalized), float32 on the CPU."""
+    """all-MiniLM-L6-v2 sentence embeddings [M, 384] (mean-pooled, L2-normalized), float32 on the CPU, in the order
+    of `texts`. The texts are batched by token count (shortest first), so a batch is padded to about its own length
+    rather than to the longest text around it; padding is masked, so the order changes no embedding beyond rounding."""
     tok, w, cfg = _minilm()
+    all_ids = [tok(t) for t in texts]
+    order = sorted(range(len(texts)), key=lambda j: len(all_ids[j]))
     out = []
     for s in range(0, len(texts), batch_size):
-        ids = [tok(t) for t in texts[s:s + batch_size]]
+        ids = [all_ids[j] for j in order[s:s + batch_size]]
         length = max(len(i) for i in ids)
         id_t = torch.zeros(len(ids), length, dtype=torch.int64)
         mask = torch.zeros(len(ids), length)
@@ -183,7 +187,11 @@ def minilm_embed(texts: list[str], batch_size: int = 32) -> torch.Tensor:
         h = _bert(id_t, mask, w, cfg)
         pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1e-9)
         out.append(F.normalize(pooled, dim=-1))
-    return torch.cat(out) if out else torch.zeros(0, cfg["hidden_size"])
+    if not out:
+        return torch.zeros(0, cfg["hidden_size"])
+    emb = torch.empty(len(texts), cfg["hidden_size"])
+    emb[torch.tensor(order)] = torch.cat(out)
+    return emb
 
 
 def hashing_embed(texts: list[str], dim: int = 512) -> torch.Tensor:

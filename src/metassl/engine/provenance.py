@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["make_origin", "with_data_root", "recorded_data_root", "preset_applies", "paper_reference",
+__all__ = ["make_origin", "with_data_root", "recorded_data_root", "preset_applies", "paper_reference", "paper_note",
            "overrides_text"]
 
 
@@ -73,6 +73,18 @@ def paper_reference(cfg: Any, origin: dict[str, Any] | None, protocol: dict[str,
     if not preset_applies(cfg, origin, protocol.get("dataset"), protocol.get("split")):
         return None
     return cfg.eval.paper.get(tag or f"{protocol.get('ways')}w{protocol.get('shots')}s")
+
+
+def paper_note(cfg: Any, origin: dict[str, Any] | None, protocol: dict[str, Any], tag: str | None = None
+               ) -> str | None:
+    """`eval.paper_note` (what the paper gives instead of a number, e.g. only a figure) for a protocol that has no
+    number in `eval.paper`, where the preset applies (as `paper_reference`); else None."""
+    note = getattr(cfg.eval, "paper_note", "")
+    if not note or protocol.get("unlabeled") or protocol.get("distractors"):
+        return None
+    if not preset_applies(cfg, origin, protocol.get("dataset"), protocol.get("split")):
+        return None
+    return None if (tag or f"{protocol.get('ways')}w{protocol.get('shots')}s") in cfg.eval.paper else note
 
 
 def overrides_text(origin: dict[str, Any] | None) -> str | None:
