@@ -33,9 +33,9 @@ EPISODES = 100
 # data set: (loader name, split for the pool, split for the test classes, labeled classes, images per labeled class,
 #            unlabeled images, protocols (ways, shots), queries per class)
 SETS = {
-    "mnist": ("mnist", "train", "test", "01234", 20, 5000, [(5, 1), (5, 5)], 15),
+    "mnist": ("mnist", "train", "test", 5, 20, 5000, [(5, 1), (5, 5)], 15),
     "omniglot_eval": ("omniglot", "evaluation", "evaluation", None, 5, 6000, [(5, 1), (20, 1)], 5),
-    "cifar10": ("cifar10", "train", "test", "01234", 20, 5000, [(5, 1), (5, 5)], 15),
+    "cifar10": ("cifar10", "train", "test", 5, 20, 5000, [(5, 1), (5, 5)], 15),
 }
 
 
@@ -66,9 +66,10 @@ def cmd_build(a) -> None:
             t = s
         else:
             pool_classes = list(range(s.num_classes))
-            labeled_classes = [s.class_names.index(c) for c in labeled]
+            labeled_classes = list(range(labeled))  # the first classes (MNIST 0-4; CIFAR-10 airplane ... deer)
             t = load_dataset(ds, test_split, root)
-            test_classes = [k for k in range(t.num_classes) if t.class_names[k] not in labeled]
+            names = {s.class_names[k] for k in labeled_classes}
+            test_classes = [k for k in range(t.num_classes) if t.class_names[k] not in names]
         # unlabeled: a random subset of the pool classes' images (the labeled images may be among them, as in life)
         idx = torch.cat([torch.arange(int(s.offsets[k]), int(s.offsets[k] + s.counts[k])) for k in pool_classes])
         for j, i in enumerate(idx[torch.randperm(len(idx), generator=g)[:pool]].tolist()):
