@@ -80,7 +80,8 @@ def cmd_eval(a) -> None:
             rows = []
             for label, method, options in [("inductive", None, {})] + [m for m in METHODS if m[0] in a.methods]:
                 t0 = time.perf_counter()
-                episodes = min(a.episodes, EPISODE_CAP.get(label, a.episodes))
+                cap = a.finetune_episodes if label == "transductive fine-tuning" and a.finetune_episodes else None
+                episodes = min(a.episodes, cap or EPISODE_CAP.get(label, a.episodes))
                 _, state, (r,) = evaluate_run(run, ways=ways, shots=shots, queries=15, episodes=episodes, seed=0,
                                               batch_episodes=batch, transductive=method,
                                               transductive_options=options or None, device="cpu",
@@ -184,6 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS])
     p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--finetune-episodes", type=int, help="episodes for transductive fine-tuning (default 100)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("semi")
     p.add_argument("--run", action="append", required=True, metavar="LABEL=RUN", help="the first is the reference")

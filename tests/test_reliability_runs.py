@@ -468,3 +468,15 @@ def test_checkpoint_files_honour_the_umask(tmp_path):
     assert {f.name: mode(f) for f in folder.iterdir()} == {f.name: 0o644 for f in folder.iterdir()}
     assert mode(run / "checkpoints" / "latest") == 0o644 and mode(run / "config.yaml") == 0o644
     assert mode(run / "metrics.jsonl") == 0o644
+
+
+def test_demo_never_trains_over_an_existing_run(tmp_path, capsys):
+    from metassl.cli.main import main
+
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "checkpoints").mkdir()
+    assert main(["demo", "--run-dir", str(run)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]

@@ -380,11 +380,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from ..config import load_config
     from ..engine.evaluate import evaluate_run
     from ..engine.provenance import make_origin, paper_reference
-    from ..engine.trainer import default_run_dir, train
+    from ..engine.trainer import default_run_dir, prepare_run_dir, train
 
     t0 = time.perf_counter()
     cfg = load_config("omniglot/protonet_demo", a.overrides)
     run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(cfg)
+    prepare_run_dir(run_dir)  # a finished or running run in --run-dir is refused, never trained over
     print(f"metassl demo: Prototypical Networks (Conv4) on Omniglot, Vinyals split; run folder {run_dir}")
     res = train(cfg, run_dir, data_root=a.data_root, origin=make_origin("omniglot/protonet_demo", a.overrides),
                 latest_link=not a.run_dir)
