@@ -153,7 +153,8 @@ def cmd_table(a) -> None:
         lines.append(f"\n### Encoder: {name}\n")
         for d in [d for d in enc if d["encoder"] == name]:
             lines.append(f"\n**{d['protocol']}** (query set {d['rows'][0]['protocol']['ways'] * 15} images, balanced "
-                         f"15 per class; {d['device']}, torch {d['torch']}, {d['date']}; `{d['command']}`)\n")
+                         f"15 per class; {d['device']}, torch {d['torch']}, {d['date']}; `{d['command'].replace(d['run'], 'RUN')}` "
+                         f"with RUN the {name} run)\n")
             lines.append("| method | episodes | accuracy ± 95% CI | paired difference vs inductive, same episodes | "
                          "eval s | paper's own figure |")
             lines.append("|---|---:|---:|---|---:|---|")
