@@ -94,8 +94,9 @@ def list_image_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> 
     if isinstance(paths, (str, os.PathLike)):
         p = Path(paths)
         if p.is_dir():
-            return sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
-                          and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            from .data.loaders.folder import unlabeled_files
+
+            return unlabeled_files(p)
         return [p]
     return [Path(p) for p in paths]
 

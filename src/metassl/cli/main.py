@@ -527,7 +527,6 @@ def _predict_table(a: argparse.Namespace) -> int:
     import io
 
     from ..api import predict_table
-    from ..atomic import atomic_write_path
 
     if len(a.query) != 1:
         raise ConfigError(f"--query: give one table file of rows to predict, got {len(a.query)}: {a.query}")
@@ -541,13 +540,7 @@ def _predict_table(a: argparse.Namespace) -> int:
         w.writerow(res.header())
         w.writerows(res.rows())
         text = buf.getvalue()
-    if a.out:
-        with atomic_write_path(a.out) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-        print(f"wrote {len(res.predicted)} predictions to {a.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _write_predictions(a, text, f"wrote {len(res.predicted)} predictions to {a.out}")
 
 
 def _predict_text(a: argparse.Namespace) -> int:
@@ -556,7 +549,6 @@ def _predict_text(a: argparse.Namespace) -> int:
     import io
 
     from ..api import predict_texts
-    from ..atomic import atomic_write_path
 
     classes, rows = predict_texts(a.run, a.support, a.query, a.device or "cpu", a.which)
     if a.json:
@@ -568,10 +560,17 @@ def _predict_text(a: argparse.Namespace) -> int:
         for r in rows:
             w.writerow([r.path, r.label, f"{r.probability:.6f}", *[f"{r.probabilities[c]:.6f}" for c in classes]])
         text = buf.getvalue()
+    return _write_predictions(a, text, f"wrote {len(rows)} predictions to {a.out}, classes: {', '.join(classes)}")
+
+
+def _write_predictions(a: argparse.Namespace, text: str, message: str) -> int:
+    """`text` to --out (atomically, `message` on stderr) or to standard output."""
+    from ..atomic import atomic_write_path
+
     if a.out:
         with atomic_write_path(a.out) as tmp:
             tmp.write_text(text, encoding="utf-8")
-        print(f"wrote {len(rows)} predictions to {a.out}, classes: {', '.join(classes)}", file=sys.stderr)
+        print(message, file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -157,14 +157,20 @@ def _infer(root: Path) -> tuple[int, int, dict]:
         colour = sum(c for c, _ in probes)
         h = statistics.median(hw[0] for _, hw in probes)
         w = statistics.median(hw[1] for _, hw in probes)
-        side = int(statistics.median(max(hw) for _, hw in probes))
-        meta = {"side": max(4, min(side, MAX_SIDE)), "channels": 3 if colour else 1, "colour": colour,
-                "median": [int(h), int(w)], "images": len(files)}
+        side, channels = _side_and_channels(probes)
+        meta = {"side": side, "channels": channels, "colour": colour, "median": [int(h), int(w)],
+                "images": len(files)}
         return {"images": torch.tensor([len(files)])}, meta
 
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     _, meta = cached_tensors(f"folder-probe-{tag}", files, build)
     return meta["side"], meta["channels"], meta
+
+
+def _side_and_channels(probes: list[tuple[bool, tuple[int, int]]]) -> tuple[int, int]:
+    """The inferred side (median of the longer sides, in [4, MAX_SIDE]) and channels (1 if no image is colour)."""
+    side = int(statistics.median(max(hw) for _, hw in probes))
+    return max(4, min(side, MAX_SIDE)), 3 if any(c for c, _ in probes) else 1
 
 
 def _channels_option(options: dict) -> int | None:
@@ -196,9 +202,7 @@ def _load_unlabeled(root: Path, split: str, size: int | None, channels: int | No
         raise DatasetNotFoundError(f"folder {root}: {len(files)} image(s) found (searched every sub-folder for files "
                                    f"ending in {', '.join(IMAGE_EXTENSIONS)}); self-supervised training needs many")
     if size is None or channels is None:
-        probes = [_probe(f) for f in files] if len(files) <= 4096 else [_probe(f) for f in files[::len(files) // 4096]]
-        side = max(4, min(int(statistics.median(max(hw) for _, hw in probes)), MAX_SIDE))
-        found = 3 if any(c for c, _ in probes) else 1
+        side, found = _side_and_channels([_probe(f) for f in files[::max(1, len(files) // 4096)]])
         size, channels = size or side, channels or found
         _say(f"folder {root} (unlabeled): {len(files)} images: read at {size}x{size}, {channels} channel"
              f"{'s' if channels > 1 else ''} (data.image_size=N, data.options.channels=1|3 to change)")
