@@ -21,8 +21,10 @@ def direct_logits(z_support, y_support, z_query, ways, distance="euclidean", tem
         protos = [z_support[t][y_support[t] == c].mean(0) for c in range(ways)]
         for i, q in enumerate(z_query[t]):
             for c, p in enumerate(protos):
-                if distance == "euclidean":
+                if distance == "euclidean":  # the paper's: squared
                     out[t, i, c] = -((q - p) ** 2).sum()
+                elif distance == "l2":  # plain Euclidean distance
+                    out[t, i, c] = -((q - p) ** 2).sum().sqrt()
                 else:
                     out[t, i, c] = F.cosine_similarity(q, p, dim=0)
     return out / temperature
@@ -39,7 +41,7 @@ def test_prototypes_with_shuffled_unequal_support():
 
 def test_logits_match_direct_computation():
     split = make_split(num_classes=10, per_class=6)
-    for distance, temp in (("euclidean", 1.0), ("cosine", 0.1)):
+    for distance, temp in (("euclidean", 1.0), ("l2", 1.0), ("cosine", 0.1)):
         cfg = tiny_cfg(distance=distance, temperature=temp)
         m = build_model(cfg, split.image_shape, Preprocess())
         m.train(False)
@@ -79,3 +81,33 @@ def test_train_and_test_ways_may_differ():
     m = build_model(cfg, split.image_shape, Preprocess())
     b = sample_tasks(split, 9, 1, 2, 2).map_images(Preprocess())
     assert m.predict(b.support_x, b.support_y, b.query_x, 9).shape == (2, 18, 9)
+
+
+def test_l2_distance_equals_cdist_with_finite_gradient_at_zero():
+    from metassl.learners.protonet import euclidean
+
+    q, p = torch.randn(2, 5, 4), torch.randn(2, 3, 4)
+    assert torch.allclose(euclidean(q, p), torch.cdist(q, p), atol=1e-5)
+    x = torch.zeros(1, 1, 4, requires_grad=True)  # a query on its prototype: sqrt'(0) would be infinite
+    euclidean(x, torch.zeros(1, 1, 4)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_separate_support_query_loss_uses_two_batchnorm_batches():
+    """`separate_support_query`: the loss equals a direct computation with support and queries embedded apart (batch
+    statistics of each set), and differs from the one-call loss (shared statistics)."""
+    split = make_split(num_classes=10, per_class=6)
+    cfg = resolve({"model": {"backbone": "conv4", "hidden": 4, "depth": 2},
+                   "learner": {"name": "protonet", "separate_support_query": True},
+                   "tasks": {"ways": 3, "shots": 2, "queries": 2}})
+    m = build_model(cfg, split.image_shape, Preprocess())
+    m.train(True)
+    b = sample_tasks(split, 3, 2, 2, 1, torch.Generator().manual_seed(0)).map_images(Preprocess())
+    loss = m.learner.loss(m.params, m.buffers, b).loss
+    zs = m.learner.embed(m.params, m.buffers, b.support_x)
+    zq = m.learner.embed(m.params, m.buffers, b.query_x)
+    ref = F.cross_entropy(direct_logits(zs, b.support_y, zq, 3).flatten(0, 1), b.query_y.flatten())
+    assert torch.allclose(loss, ref, atol=1e-5)
+    m.learner.config.separate_support_query = False
+    joint = m.learner.loss(m.params, m.buffers, b).loss
+    assert not torch.allclose(joint, ref, atol=1e-4)

@@ -3,6 +3,10 @@
 A class is represented by the mean embedding of its support images (its prototype); a query is classified by a
 softmax over negative squared Euclidean distances to the prototypes (or scaled cosine similarity). All tasks of a
 batch go through the encoder in one call.
+
+Options beyond the paper (benchmarks/time_to_accuracy.py measures them): `distance: l2`, the plain (not squared)
+Euclidean distance that easyfsl scores with (`-torch.cdist`); `separate_support_query`, support and query images in
+two encoder calls (two BatchNorm batches, as easyfsl) instead of one (the reference implementation).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from .base import Learner, query_loss, register_learner
 @dataclass
 class ProtoNetConfig(LearnerConfig):
     name: str = "protonet"
-    distance: str = option("euclidean", choices=("euclidean", "cosine"),
-                           help="squared Euclidean (the paper) or cosine similarity")
+    distance: str = option("euclidean", choices=("euclidean", "l2", "cosine"),
+                           help="euclidean: squared Euclidean distance (the paper); l2: plain Euclidean distance "
+                                "(easyfsl); cosine: cosine similarity")
     temperature: float = option(1.0, range=(1e-6, 1e6), help="logits are divided by this (cosine: try 0.1)")
+    separate_support_query: bool = option(False, help="training: support and query images in two encoder calls "
+                                          "(BatchNorm statistics of each set apart, as easyfsl) instead of one")
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
@@ -36,8 +43,14 @@ def squared_euclidean(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tens
     return (queries.unsqueeze(2) - protos.unsqueeze(1)).pow(2).sum(-1)
 
 
+def euclidean(queries: torch.Tensor, protos: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """[T, Q, D] x [T, N, D] -> [T, Q, N] plain Euclidean distances; the squared distance is clamped at `eps` before
+    the square root, so a query on a prototype has a zero gradient instead of an infinite one."""
+    return squared_euclidean(queries, protos).clamp_min(eps).sqrt()
+
+
 @register_learner("protonet", ProtoNetConfig,
-                  description="class means of support embeddings, nearest by squared Euclidean distance")
+                  description="class means of support embeddings, nearest by (squared) Euclidean distance")
 class ProtoNet(Learner):
     def adapt(self, params, buffers, support_x, support_y, ways):
         return prototypes(self.embed(params, buffers, support_x, per_task=True), support_y, ways)
@@ -48,13 +61,19 @@ class ProtoNet(Learner):
     def logits_from_embeddings(self, queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         if self.config.distance == "cosine":
             logits = F.normalize(queries, dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)
+        elif self.config.distance == "l2":
+            logits = -euclidean(queries, protos)
         else:
             logits = -squared_euclidean(queries, protos)
         return logits / self.config.temperature
 
     def loss(self, params, buffers, tasks):
-        # support and query in one encoder call, as in the reference implementation (shared BatchNorm statistics)
-        t, s = tasks.support_x.shape[:2]
-        z = self.embed(params, buffers, torch.cat([tasks.support_x, tasks.query_x], 1))
-        logits = self.logits_from_embeddings(z[:, s:], prototypes(z[:, :s], tasks.support_y, tasks.ways))
+        if self.config.separate_support_query:  # two BatchNorm batches: the support set's, then the queries'
+            zs = self.embed(params, buffers, tasks.support_x)
+            zq = self.embed(params, buffers, tasks.query_x)
+        else:  # one encoder call, as in the reference implementation (shared BatchNorm statistics)
+            s = tasks.support_x.shape[1]
+            z = self.embed(params, buffers, torch.cat([tasks.support_x, tasks.query_x], 1))
+            zs, zq = z[:, :s], z[:, s:]
+        logits = self.logits_from_embeddings(zq, prototypes(zs, tasks.support_y, tasks.ways))
         return query_loss(logits, tasks.query_y)
