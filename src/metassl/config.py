@@ -58,6 +58,13 @@ class DataConfig:
     options: dict[str, Any] = option(default_factory=dict, help="settings of data sets read from your files or "
                                      "generated (table, text, sinusoid), e.g. data.options.label_column=species; "
                                      "see `metassl datasets`")
+    datasets: list[str] = option(default_factory=list, help="several image data sets trained on together (Meta-"
+                                 "Dataset style), e.g. [omniglot, double_mnist]; each is brought to one shape "
+                                 "(data.image_size, data.channels); empty: data.dataset alone")
+    domain_weights: list[float] = option(default_factory=list, help="with data.datasets: the probability weight of "
+                                         "each data set per episode (empty: uniform)")
+    channels: int | None = option(None, choices=(None, 1, 3), help="with data.datasets: convert every data set to "
+                                  "this many channels (needed when their channel counts differ)")
 
 
 @dataclass
@@ -177,7 +184,8 @@ class EvalConfig:
     queries: int = option(15, range=(1, 100000))
     episodes: int = option(600, range=(1, None))
     seed: int = option(0, range=(0, MAX_SEED))
-    batch_episodes: int = option(50, range=(1, None), help="episodes evaluated together (memory vs speed)")
+    batch_episodes: int = option(0, range=(0, None), help="episodes per model call; 0: measured on the device "
+                                 "(doubling from 1 while it pays, eval/batching.py); results do not depend on it")
     unlabeled: int = option(0, range=(0, 100000), help="semi-supervised episodes: unlabeled images per class (and per "
                             "distractor class) given to the learner with each episode (Ren et al. 2018: 20); 0: none")
     distractors: int = option(0, range=(0, 100000), help="semi-supervised episodes: classes outside the episode whose "

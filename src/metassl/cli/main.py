@@ -210,6 +210,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if protocol != "fewshot" and getattr(a, "transductive", None):
         raise ConfigError(f"--transductive {a.transductive} applies to few-shot evaluation only, not to the "
                           f"{protocol} protocol; drop --protocol or --transductive")
+    if protocol == "metadataset":  # variable-way variable-shot episodes per data set, average rank over runs
+        return _eval_metadataset(a)
+    if getattr(a, "datasets", None) or getattr(a, "runs", None):
+        raise ConfigError("--datasets and --runs belong to --protocol metadataset; for one data set use --dataset")
     if protocol in FROZEN_PROTOCOLS:  # kNN / linear probe on frozen features
         model, state, r = evaluate_frozen(a.run, protocol, a.dataset, a.split, a.train_split, a.data_root, a.which,
                                           a.device, a.k, a.temperature, a.max_train, a.max_test, a.seed,
@@ -258,6 +262,43 @@ def cmd_eval(a: argparse.Namespace) -> int:
             print(r.line() + ref)
     if a.json:
         print(to_json(rows[0] if len(rows) == 1 else rows))
+    if a.out:
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(a.out, to_json(rows) + "\n")
+    return 0
+
+
+def _eval_metadataset(a: argparse.Namespace) -> int:
+    from ..engine.evaluate import evaluate_metadataset_runs
+
+    for flag in ("ways", "shots", "queries", "unlabeled", "distractors", "transductive", "dataset"):
+        if getattr(a, flag, None):
+            raise ConfigError(f"--{flag} does not apply to --protocol metadataset (its episodes draw their ways and "
+                              f"shots; data sets: --datasets a,b,c)")
+    datasets = [d.strip() for d in a.datasets.split(",") if d.strip()] if a.datasets else None
+    runs = [a.run, *(a.runs or [])]
+    names, table, avg = evaluate_metadataset_runs(runs, datasets, a.split, a.episodes, a.seed, a.data_root,
+                                                  a.which, a.device)
+    rows = [{"run": str(r), "learner": n, "average_rank": rank,
+             "results": [res.to_dict(per_episode=getattr(a, "per_episode", False)) for res in results]}
+            for r, n, results, rank in zip(runs, names, table, avg)]
+    if a.json:
+        print(to_json(rows[0] if len(rows) == 1 else rows))
+    else:
+        for r, results in zip(runs, table):
+            print(f"{r}:")
+            for res in results:
+                print(f"  {res.line()}")
+        width = max(len(res.protocol["dataset"]) for res in table[0])
+        heads = [f"{n} ({Path(str(r).rstrip('/')).name[:12]})" for n, r in zip(names, runs)]
+        cw = max(16, *(len(h) for h in heads))
+        print("\n" + f"{'data set':<{width}}  " + "  ".join(f"{h:>{cw}}" for h in heads))
+        for d, res in enumerate(table[0]):
+            cells = "  ".join(f"{f'{table[r][d].accuracy:.2f} ± {table[r][d].ci95:.2f}':>{cw}}"
+                              for r in range(len(runs)))
+            print(f"{res.protocol['dataset']:<{width}}  {cells}")
+        print(f"{'average rank':<{width}}  " + "  ".join(f"{x:>{cw}.2f}" for x in avg))
     if a.out:
         from ..atomic import atomic_write_text
 
@@ -646,10 +687,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--per-episode", action="store_true", help="the JSON also lists every episode's accuracy (for "
                    "paired comparisons later: `metassl.eval.compare.paired_comparison`)")
-    p.add_argument("--protocol", default="fewshot", choices=("fewshot", "knn", "linear"),
+    p.add_argument("--protocol", default="fewshot", choices=("fewshot", "knn", "linear", "metadataset"),
                    help="fewshot: N-way K-shot episodes (default); knn: weighted kNN on frozen features (cosine, "
                    "--k 200, --temperature 0.1) with the train split as memory bank; linear: logistic-regression "
-                   "probe on frozen features (full-batch L-BFGS)")
+                   "probe on frozen features (full-batch L-BFGS); metadataset: Meta-Dataset's variable-way "
+                   "variable-shot episodes on each of --datasets, accuracy ± CI per data set and average rank")
+    p.add_argument("--datasets", help="metadataset: comma-separated data sets (default: the run's data.datasets, "
+                   "else data.dataset), each on its --split (default test)")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="metadataset: more runs evaluated on the same episodes "
+                   "(one column each; the average rank compares them)")
     p.add_argument("--train-split", help="knn/linear: labeled split for the memory bank / probe (default: the run's "
                    "data.train_split); --split is the test split")
     p.add_argument("--k", type=int, default=200, help="knn: neighbours")

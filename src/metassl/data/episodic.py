@@ -60,6 +60,9 @@ class ClassSplit:
     class_names: list[str]
     name: str = ""  # e.g. "omniglot/test"
     preprocess: Preprocess = field(default_factory=Preprocess)
+    # several data sets in one split (`data.datasets`): the domain of each class and how each was converted
+    # (`data/multidomain.py`); None: one data set
+    domains: Any = None
     offsets: torch.Tensor = field(init=False)
     # a host copy of the counts: shape checks and the sampler's key width never wait for the device
     host_counts: torch.Tensor = field(init=False, repr=False)
@@ -154,6 +157,17 @@ class TaskBatch:
     # [T, U, C, H, W]: unlabeled images of the episode (semi-supervised tasks, Ren et al. 2018: images of the task's
     # classes and of distractor classes, in random order, no labels), None otherwise
     unlabeled_x: torch.Tensor | None = None
+    # variable-way variable-shot episodes (Meta-Dataset, `data/metadataset.py`), padded to one shape: which support and
+    # query entries are real ([T, S] and [T, Q'] bool) and each task's number of classes [T] (labels 0..ways_t-1;
+    # `ways` is then the largest); None for fixed-shape tasks
+    support_mask: torch.Tensor | None = None
+    query_mask: torch.Tensor | None = None
+    task_ways: torch.Tensor | None = None
+
+    @property
+    def padded(self) -> bool:
+        """Variable-way episodes padded to one shape (masks set): only learners with `variable_ways` take them."""
+        return self.support_mask is not None
 
     @property
     def num_tasks(self) -> int:
@@ -179,7 +193,7 @@ class TaskBatch:
             return None if t is None else t.to(device)
         return TaskBatch(self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
                          self.query_y.to(device), self.ways, move(self.classes), move(self.views),
-                         move(self.unlabeled_x))
+                         move(self.unlabeled_x), move(self.support_mask), move(self.query_mask), move(self.task_ways))
 
     def select(self, start: int, stop: int) -> "TaskBatch":
         """Tasks start..stop-1 (e.g. this process's share of a global batch)."""
@@ -188,7 +202,8 @@ class TaskBatch:
         def part(t):
             return None if t is None else t[sl]
         return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.ways,
-                         part(self.classes), part(self.views), part(self.unlabeled_x))
+                         part(self.classes), part(self.views), part(self.unlabeled_x), part(self.support_mask),
+                         part(self.query_mask), part(self.task_ways))
 
     def chunks(self, size: int) -> list["TaskBatch"]:
         """Split along the task dimension into batches of at most `size` tasks."""

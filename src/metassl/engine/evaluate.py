@@ -24,7 +24,8 @@ from .build import Model, load_model
 from .distributed import DistInfo, gather_objects, resolve_device, setup
 from .frozen import load_run_split
 
-__all__ = ["evaluate_run", "evaluate_frozen", "compare_runs", "FROZEN_PROTOCOLS", "RunComparison"]
+__all__ = ["evaluate_run", "evaluate_frozen", "compare_runs", "FROZEN_PROTOCOLS", "RunComparison",
+           "evaluate_metadataset_runs"]
 
 FROZEN_PROTOCOLS = ("knn", "linear")
 
@@ -201,3 +202,42 @@ def _per_run_methods(transductive: str | Sequence[str | None] | None, n: int) ->
             raise ValueError(f"--transductive: give one method for every run or one per run ({n} runs), got "
                              f"{len(names)}: {names}")
     return [None if m in (None, "none", "") else m for m in names]
+
+
+def evaluate_metadataset_runs(runs: Sequence[str | Path], datasets: Sequence[str] | None = None,
+                              split: str | None = None, episodes: int | None = None, seed: int | None = None,
+                              data_root: str | None = None, which: str = "latest", device: str | None = None,
+                              progress: Callable[[str, int], None] | None = None, hierarchy: bool = True
+                              ) -> tuple[list[str], list[list[EvalResult]], list[float]]:
+    """The Meta-Dataset protocol (`eval/metadataset.py`) for each run on each data set (default: the first run's
+    data.datasets, else its data.dataset), on the same episodes: (learner names, results[run][dataset], average rank
+    of each run over the data sets). `split`: each data set's test split (default `test`); `episodes` default 600
+    (Meta-Dataset: 600 per data set), `seed` default the run's eval.seed. Images are converted as each run was
+    trained (`load_run_split`: a multi-domain run's recorded conversion)."""
+    from ..data.multidomain import check_datasets
+    from ..eval.metadataset import MetaDatasetProtocol, average_ranks, evaluate_metadataset
+
+    if not runs:
+        raise ValueError("give at least one run")
+    dev = resolve_device(device or "auto")
+    names: list[str] = []
+    table: list[list[EvalResult]] = []
+    for run in runs:
+        model, _ = load_model(run, dev, which)
+        cfg = model.config
+        if datasets is None:
+            datasets = list(cfg.data.datasets) or [cfg.data.dataset]
+        check_datasets(list(datasets))
+        row = []
+        for ds in datasets:
+            data = load_run_split(model, ds, split or "test", data_root)
+            p = MetaDatasetProtocol(ds, split or "test", 600 if episodes is None else episodes,
+                                    cfg.eval.seed if seed is None else seed, hierarchy)
+            if p.episodes < 1:
+                raise ConfigError(f"--episodes must be >= 1, got {p.episodes}")
+            row.append(evaluate_metadataset(model.predict, data, p, model.preprocess,
+                                            progress=(lambda n, ds=ds: progress(ds, n)) if progress else None))
+        names.append(cfg.learner.name)
+        table.append(row)
+    ranks = average_ranks([[table[r][d].accuracy for r in range(len(runs))] for d in range(len(datasets))])
+    return names, table, ranks

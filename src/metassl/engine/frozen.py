@@ -76,11 +76,21 @@ def load_run_split(model: Model, dataset: str | None = None, split: str | None =
     ds, sp = dataset or cfg.data.dataset, split or cfg.data.test_split
     # images: the model's image size; other inputs (vectors, functions) are never resized
     size = model.image_shape[-1] if len(model.image_shape) == 3 else None
-    recorded = recorded_data_root(getattr(model, "origin", None)) if ds == cfg.data.dataset else None
+    recorded = (recorded_data_root(getattr(model, "origin", None))
+                if ds == cfg.data.dataset or ds in (getattr(cfg.data, "datasets", None) or []) else None)
     data = load_dataset(ds, sp, data_root or recorded or cfg.data.root, size,
                         device if device is not None else model.params[next(iter(model.params))].device,
                         cfg.data.options)
-    data = _match_inputs(model, data, ds, polarity, notes)
+    if getattr(cfg.data, "datasets", None) and len(model.image_shape) == 3:
+        # a multi-domain run: every data set (trained on or not) gets the run's one recorded conversion
+        from ..data.multidomain import to_common
+
+        data, rec = to_common(data, model.image_shape[0], model.image_shape[-1])
+        if notes is not None and (rec["inverted"] or rec["from"] != rec["to"]):
+            notes.append(f"{data.name}: converted as the multi-domain run's data ({rec['from']} -> {rec['to']}"
+                         f"{', inverted' if rec['inverted'] else ''})")
+    else:
+        data = _match_inputs(model, data, ds, polarity, notes)
     if data.image_shape != tuple(model.image_shape):
         raise ValueError(f"{ds}/{sp} images are {data.image_shape} but the model was trained on "
                          f"{tuple(model.image_shape)} images")

@@ -309,7 +309,13 @@ class Trainer:
         self.origin = with_data_root({**self.origin, "dataset": cfg.data.dataset}, root)
         self.data_root = root
         d = cfg.data
-        self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device, d.options)
+        if d.datasets:  # several data sets in one split, each converted to one shape (data/multidomain.py)
+            from ..data.multidomain import load_domains
+
+            self.train_split = load_domains(list(d.datasets), d.train_split, root, d.image_size, d.channels,
+                                            list(d.domain_weights), self.device, d.options)
+        else:
+            self.train_split = load_dataset(d.dataset, d.train_split, root, d.image_size, self.device, d.options)
         self.task_type = "regression" if is_regression(self.train_split) else "classification"
         if self.task_type == "regression":  # real targets: the MAML family, on the regression task source
             check_regression_run(cfg)
@@ -321,8 +327,14 @@ class Trainer:
             self.train_split = class_fraction(self.train_split, d.train_fraction, cfg.seed)
             echo(f"data.train_fraction={d.train_fraction}: training on {self.train_split.num_classes} classes "
                  f"({self.train_split.images.shape[0]} images)")
-        self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device, d.options)
-                          if d.val_split and cfg.train.val_every else None)
+        if d.datasets and d.val_split and cfg.train.val_every:
+            from ..data.multidomain import load_domains
+
+            self.val_split = load_domains(list(d.datasets), d.val_split, root, d.image_size, d.channels,
+                                          list(d.domain_weights), self.device, d.options)
+        else:
+            self.val_split = (load_dataset(d.dataset, d.val_split, root, d.image_size, self.device, d.options)
+                              if d.val_split and cfg.train.val_every else None)
         try:
             source = task_source_name(cfg.tasks.source, cfg.learner.name)
             if source == "labeled":  # unlabeled sources (views) need no N-way K-shot tasks from the training split
@@ -442,6 +454,9 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "image_shape": list(self.model.image_shape),
                 "preprocess": self.preprocess.to_dict(), "learner": self.cfg.learner.name,
                 "dataset": self.cfg.data.dataset, "origin": self.origin, "task_type": self.task_type, "best_val": self.best_val, "param_names": self.param_names,
+                # several data sets: their weights, class counts and how each was converted to the common shape
+                **({"domains": self.train_split.domains.to_dict()} if getattr(self.train_split, "domains", None)
+                   is not None else {}),
                 "environment": environment(), "saved_at": datetime.now().isoformat(timespec="seconds"),
                 # what a resumed run needs to continue exactly: the path choice and the unlogged steps
                 "engine": self.runner.state_dict() if self.runner is not None else self.runner_state,

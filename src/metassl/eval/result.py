@@ -76,6 +76,11 @@ class EvalResult:
             return (f"{p['dataset']}/{p['split']} {p['ways']}-way {p['shots']}-shot ({p['episodes']} episodes, "
                     f"{p['queries']} queries, seed {p['seed']}{how}): accuracy {self.accuracy:.2f} ± "
                     f"{self.ci95:.2f}%  F1 {m['f1']['mean']:.3f}  ROC-AUC {m['roc_auc']['mean']:.3f}")
+        if self.name == "metadataset":  # variable-way variable-shot episodes (eval/metadataset.py)
+            return (f"{p['dataset']}/{p['split']} Meta-Dataset episodes ({p['episodes']} episodes, ways "
+                    f"{p['min_ways']}-{p['max_ways']} (mean {p.get('mean_ways', float('nan')):.1f}), mean support "
+                    f"{p.get('mean_support', float('nan')):.0f} / query {p.get('mean_query', float('nan')):.0f} "
+                    f"images, seed {p['seed']}): accuracy {self.accuracy:.2f} ± {self.ci95:.2f}%")
         if self.name == "regression":  # few-shot regression: errors on the query points of fixed tasks
             steps = "" if p.get("inner_steps") is None else f", {p['inner_steps']} inner step{'s' if p['inner_steps'] != 1 else ''}"
             return (f"{p['dataset']}/{p['split']} {p['shots']}-shot regression ({p['episodes']} tasks, "

@@ -96,6 +96,9 @@ class Learner:
     #: the learner adapts to few-shot regression tasks (real targets, MSE; `data.regression`): the MAML family.
     #: Metric, closed-form and transfer learners classify, and the trainer refuses them on a regression data set
     supports_regression: bool = False
+    #: the learner reads padded variable-way variable-shot batches (`TaskBatch.padded`: masks, per-task ways; the
+    #: `metadataset` task source) so that padding changes no logit or loss; the others are refused such batches
+    variable_ways: bool = False
     #: the learner only regresses (the MAML paper's pretrained baseline): refused on classification data sets
     regression_only: bool = False
 
@@ -197,6 +200,36 @@ def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if targets.is_floating_point():
         return F.mse_loss(outputs, targets)
     return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+
+def embed_masked(learner: "Learner", params: Tensors, buffers: Tensors, images: torch.Tensor, mask: torch.Tensor
+                 ) -> torch.Tensor:
+    """Features [T, M, D] of padded images [T, M, ...] where `mask` [T, M] marks the real ones: only those go
+    through the encoder (one call), so padding cannot reach BatchNorm statistics; padded rows are 0."""
+    z = learner.embed(params, buffers, images[mask])  # [sum(mask), D]
+    out = z.new_zeros(*mask.shape, z.shape[-1])
+    out[mask] = z
+    return out
+
+
+def class_mask(task_ways: torch.Tensor, ways: int) -> torch.Tensor:
+    """[T, N] True for each task's real classes 0..ways_t-1."""
+    return torch.arange(ways, device=task_ways.device) < task_ways.unsqueeze(1)
+
+
+def masked_query_loss(logits: torch.Tensor, query_y: torch.Tensor, query_mask: torch.Tensor,
+                      task_ways: torch.Tensor) -> LossOutput:
+    """Cross-entropy and accuracy of padded variable-way tasks: logits of padded classes are -inf, padded queries
+    weigh 0, each task's loss is the mean over its real queries and the batch's the mean over tasks (as
+    `query_loss` for equal-size tasks)."""
+    n = logits.shape[-1]
+    logits = logits.masked_fill(~class_mask(task_ways, n).unsqueeze(1), float("-inf"))
+    ce = F.cross_entropy(logits.reshape(-1, n), query_y.reshape(-1), reduction="none").view(query_y.shape)
+    w = query_mask.to(ce.dtype)
+    per_task = (ce.masked_fill(~query_mask, 0.0) * w).sum(1) / w.sum(1).clamp_min(1.0)
+    loss = per_task.mean()
+    hit = ((logits.argmax(-1) == query_y).to(ce.dtype) * w).sum(1) / w.sum(1).clamp_min(1.0)
+    return LossOutput(loss, {"loss": loss.detach(), "accuracy": hit.mean().detach()})
 
 
 def query_loss(logits: torch.Tensor, query_y: torch.Tensor) -> LossOutput:

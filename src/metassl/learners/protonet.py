@@ -2,7 +2,8 @@
 
 A class is represented by the mean embedding of its support images (its prototype); a query is classified by a
 softmax over negative squared Euclidean distances to the prototypes (or scaled cosine similarity). All tasks of a
-batch go through the encoder in one call.
+batch go through the encoder in one call, also variable-way variable-shot tasks (Meta-Dataset episodes, padded:
+only their real images are embedded, padded classes get logit -inf, padded queries weigh nothing).
 
 Options beyond the paper (benchmarks/time_to_accuracy.py measures them): `distance: l2`, the plain (not squared)
 Euclidean distance that easyfsl scores with (`-torch.cdist`); `separate_support_query`, support and query images in
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LearnerConfig, option
-from .base import Learner, query_loss, register_learner
+from .base import Learner, embed_masked, masked_query_loss, query_loss, register_learner
 
 
 @dataclass
@@ -31,9 +32,13 @@ class ProtoNetConfig(LearnerConfig):
                                           "(BatchNorm statistics of each set apart, as easyfsl) instead of one")
 
 
-def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """Class means [T, N, D] of support embeddings [T, S, D] with labels [T, S] in 0..N-1 (any order, any counts)."""
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int, mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Class means [T, N, D] of support embeddings [T, S, D] with labels [T, S] in 0..N-1 (any order, any counts);
+    `mask` [T, S]: only the True entries count (padded variable-way tasks)."""
     onehot = F.one_hot(labels, ways).to(embeddings.dtype)  # [T, S, N]
+    if mask is not None:
+        onehot = onehot * mask.unsqueeze(-1).to(onehot.dtype)
     sums = onehot.transpose(1, 2) @ embeddings  # [T, N, D]
     return sums / onehot.sum(1).clamp_min(1.0).unsqueeze(-1)
 
@@ -52,6 +57,8 @@ def euclidean(queries: torch.Tensor, protos: torch.Tensor, eps: float = 1e-12) -
 @register_learner("protonet", ProtoNetConfig,
                   description="class means of support embeddings, nearest by (squared) Euclidean distance")
 class ProtoNet(Learner):
+    variable_ways = True  # padded Meta-Dataset episodes: masked prototypes, padded classes' logits -inf
+
     def adapt(self, params, buffers, support_x, support_y, ways):
         return prototypes(self.embed(params, buffers, support_x, per_task=True), support_y, ways)
 
@@ -68,6 +75,13 @@ class ProtoNet(Learner):
         return logits / self.config.temperature
 
     def loss(self, params, buffers, tasks):
+        if tasks.padded:  # variable ways and shots: only the real images are embedded (one call), masks elsewhere
+            s = tasks.support_x.shape[1]
+            z = embed_masked(self, params, buffers, torch.cat([tasks.support_x, tasks.query_x], 1),
+                             torch.cat([tasks.support_mask, tasks.query_mask], 1))
+            protos = prototypes(z[:, :s], tasks.support_y, tasks.ways, tasks.support_mask)
+            return masked_query_loss(self.logits_from_embeddings(z[:, s:], protos), tasks.query_y, tasks.query_mask,
+                                     tasks.task_ways)
         if self.config.separate_support_query:  # two BatchNorm batches: the support set's, then the queries'
             zs = self.embed(params, buffers, tasks.support_x)
             zq = self.embed(params, buffers, tasks.query_x)
