@@ -55,7 +55,7 @@ def test_evaluation_does_not_depend_on_how_episodes_are_batched(learner):
     m = model_for(learner)
     split = make_split(num_classes=8, per_class=6, shape=(1, 8, 8), name="toy/test")
     p = Protocol("toy", "test", 3, 1, 2, 12, 0)
-    results = [evaluate(m.predict, split, p, Preprocess(), batch_episodes=b) for b in (1, 5, 12)]
+    results = [evaluate(m.predict, split, p, Preprocess(), batch_episodes=b) for b in (1, 5, 12, 0)]
     for r in results[1:]:
         assert r.per_episode_accuracy == results[0].per_episode_accuracy
         assert r.metrics["roc_auc"]["mean"] == pytest.approx(results[0].metrics["roc_auc"]["mean"], abs=1e-12)

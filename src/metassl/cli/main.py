@@ -27,7 +27,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, 
 # 0 would otherwise fall back to the config without a word.
 FLAG_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "ways": (2, 100000, False), "shots": (1, 100000, False), "queries": (1, 100000, False),
-    "episodes": (1, None, False), "seed": (0, MAX_SEED, False), "batch_episodes": (1, None, False),
+    "episodes": (1, None, False), "seed": (0, MAX_SEED, False), "batch_episodes": (0, None, False),
     "k": (1, None, False), "temperature": (0.0, None, True), "max_train": (1, None, False),
     "max_test": (1, None, False), "weight_decay": (0.0, None, False), "unlabeled": (0, 100000, False),
     "distractors": (0, 100000, False), "minutes": (0.0, None, True)}

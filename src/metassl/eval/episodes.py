@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 
 from ..data.episodic import ClassSplit, Preprocess, eval_episodes
+from .batching import AUTO, EpisodeBatcher
 from .metrics import confidence_interval, episode_metrics
 from .result import EvalResult
 
@@ -45,13 +46,14 @@ PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tens
 
 
 def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preprocess: Preprocess | None = None,
-             batch_episodes: int = 50, progress: Callable[[int], None] | None = None,
+             batch_episodes: int | EpisodeBatcher = AUTO, progress: Callable[[int], None] | None = None,
              part: tuple[int, int] | None = None, gather: Callable[[Any], list[Any]] | None = None) -> EvalResult:
     """Run `protocol`'s episodes through `predict(support_x, support_y, query_x, ways) -> logits [T, Nq, N]`, under
     torch.no_grad (learners that adapt by gradient steps enable gradients themselves). Semi-supervised protocols
     (`protocol.unlabeled` > 0) call `predict(..., unlabeled_x=U)` with the episode's unlabeled images [T, U, ...].
 
-    Episode i is the same for every method (see `eval_episodes`), so results of different methods are paired.
+    `batch_episodes`: episodes per model call (0: measured on the device, see `eval.batching`). Episode i is the
+    same for every method (see `eval_episodes`), so results of different methods are paired.
     Several processes: each evaluates its `part` [start, stop) of the episodes and `gather` (every process's
     per-episode results, in process order) makes every process summarize all of them, so the result equals one
     process's.
@@ -61,8 +63,9 @@ def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preproce
     per: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
     confusion = torch.zeros(protocol.ways, protocol.ways)
     first, last = part or (0, protocol.episodes)
-    for start in range(first, last, batch_episodes):
-        count = min(batch_episodes, last - start)
+
+    def step(start: int, count: int) -> None:
+        nonlocal confusion
         tasks = eval_episodes(split, protocol.ways, protocol.shots, protocol.queries, protocol.seed, start, count,
                               protocol.unlabeled, protocol.distractors)
         tasks = tasks.map_images(prep)
@@ -75,6 +78,8 @@ def evaluate(predict: PredictFn, split: ClassSplit, protocol: Protocol, preproce
         confusion = confusion + m["confusion"].sum(0).cpu()
         if progress:
             progress(count)
+
+    EpisodeBatcher.of(batch_episodes).run(first, last, step)
     values = {k: torch.cat(v) if v else torch.zeros(0) for k, v in per.items()}
     if gather is not None:
         parts = gather((values, confusion))

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from .batching import AUTO, EpisodeBatcher
 from .metrics import confidence_interval
 from .result import EvalResult
 
@@ -58,8 +59,9 @@ def task_errors(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Ten
     return {"mse": (err * err).flatten(1).mean(1), "mae": err.abs().flatten(1).mean(1), "r2": r2}
 
 
-def evaluate_regression(predict: Callable, split: Any, protocol: RegressionProtocol, batch_episodes: int = 50,
-                        progress: Callable[[int], None] | None = None, part: tuple[int, int] | None = None,
+def evaluate_regression(predict: Callable, split: Any, protocol: RegressionProtocol,
+                        batch_episodes: int | EpisodeBatcher = AUTO, progress: Callable[[int], None] | None = None,
+                        part: tuple[int, int] | None = None,
                         gather: Callable[[Any], list[Any]] | None = None) -> EvalResult:
     """Run the protocol's fixed tasks through `predict(support_x, support_y, query_x, None) -> [T, Q, P]` under
     no_grad. `part` / `gather`: this process's share of the tasks and the collective that joins every process's
@@ -68,8 +70,8 @@ def evaluate_regression(predict: Callable, split: Any, protocol: RegressionProto
     per: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
     first, last = part or (0, protocol.episodes)
     prep = split.preprocess
-    for start in range(first, last, batch_episodes):
-        count = min(batch_episodes, last - start)
+
+    def step(start: int, count: int) -> None:
         tasks = split.fixed_tasks(protocol.shots, protocol.queries, protocol.seed, start, count).map_images(prep)
         with torch.no_grad():
             out = predict(tasks.support_x, tasks.support_y, tasks.query_x, None)
@@ -77,6 +79,8 @@ def evaluate_regression(predict: Callable, split: Any, protocol: RegressionProto
             per[k].append(v.cpu())
         if progress:
             progress(count)
+
+    EpisodeBatcher.of(batch_episodes).run(first, last, step)
     values = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in per.items()}
     if gather is not None:
         values = {k: torch.cat([p[k] for p in gather(values)]) for k in METRICS}

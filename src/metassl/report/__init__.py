@@ -97,7 +97,7 @@ class SharedFeatures:
 
     def check(self, protocol: Protocol, batch_episodes: int) -> bool:
         """The logits of the protocol's first batch of episodes are the same, bit for bit, on features and images."""
-        n = min(batch_episodes, protocol.episodes)
+        n = min(batch_episodes or 8, protocol.episodes)
         args = (protocol.ways, protocol.shots, protocol.queries, protocol.seed, 0, n, protocol.unlabeled,
                 protocol.distractors)
         with torch.no_grad():
