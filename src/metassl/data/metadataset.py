@@ -96,7 +96,7 @@ def class_groups(split: ClassSplit, hierarchy: bool, mixed: bool) -> tuple[torch
         d = int(dom_of_class[c])
         name = split.class_names[c]
         sup = ""
-        if hierarchy and names[d] == "omniglot":
+        if hierarchy and names[d] in ("omniglot", "md_omniglot"):
             local = name.split(":", 1)[-1]
             sup = local.split("/", 1)[0] if "/" in local else ""
         keys.append((d, sup))
