@@ -101,13 +101,14 @@ def _protonet(**kw):
     return build_model(cfg, (1, 16, 16), Preprocess(), "cpu")
 
 
-def test_masks_never_let_padding_change_logits_or_losses(one_thread):
+@pytest.mark.parametrize("learner", ["protonet", "matchingnet"])
+def test_masks_never_let_padding_change_logits_or_losses(one_thread, learner):
     """Garbage in the padded slots (images and labels) and extra padding change nothing; the padded batch's loss is
     the mean of the per-task losses of the unpadded tasks."""
     from metassl.data.metadataset import unpad
 
     torch.manual_seed(0)
-    model = _protonet()
+    model = _protonet(name=learner)
     model.train(True)
     split = make_split(num_classes=10, per_class=12, ragged=True, shape=(1, 16, 16))
     b = sample_metadataset(split, _cfg(min_ways=3, max_ways=6, max_support=30), 3,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, LearnerConfig, option
-from .base import Learner, LossOutput, Tensors, register_learner
+from .base import Learner, LossOutput, Tensors, embed_masked, masked_query_loss, register_learner
 
 PROB_FLOOR = 1e-8  # P(y | x̂, S) is clamped to this before the log (a one-hot mixture can be exactly 0)
 FCE = "learner.fce."
@@ -172,6 +172,8 @@ class MatchingNet(Learner):
         return log_probabilities(cosine_attention(f, g, self.config.temperature) @ state["onehot"])
 
     def loss(self, params, buffers, tasks):
+        if tasks.padded:  # Meta-Dataset episodes: attention never reaches padded support images
+            return self._padded_loss(params, buffers, tasks)
         # support and query in one encoder call per task (shared BatchNorm statistics within an episode)
         s = tasks.support_x.shape[1]
         z = self.embed(params, buffers, torch.cat([tasks.support_x, tasks.query_x], 1), per_task=True)
@@ -179,3 +181,22 @@ class MatchingNet(Learner):
         loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]), tasks.query_y.reshape(-1))
         acc = (logp.argmax(-1) == tasks.query_y).float().mean()
         return LossOutput(loss, {"loss": loss.detach(), "accuracy": acc.detach()})
+
+    variable_ways = True  # padded variable-way episodes (without FCE): masked attention, padded classes -inf
+
+    def _padded_loss(self, params, buffers, tasks):
+        """Padded variable-way variable-shot tasks: the real images in one encoder call (so BatchNorm statistics are
+        those of the whole batch's real images, not of each episode), padded support images get attention 0,
+        padded classes log-probability -inf, padded queries weight 0 (`masked_query_loss`)."""
+        if self.config.fce:
+            raise ConfigError("learner matchingnet: learner.fce=true reads the support set as a sequence, which "
+                              "padded variable-way episodes (tasks.source=metadataset) would lengthen; set "
+                              "learner.fce=false")
+        s = tasks.support_x.shape[1]
+        z = embed_masked(self, params, buffers, torch.cat([tasks.support_x, tasks.query_x], 1),
+                         torch.cat([tasks.support_mask, tasks.query_mask], 1))
+        zs, zq = z[:, :s], z[:, s:]
+        sims = F.normalize(zq, dim=-1) @ F.normalize(zs, dim=-1).transpose(1, 2) / self.config.temperature
+        att = sims.masked_fill(~tasks.support_mask.unsqueeze(1), float("-inf")).softmax(-1)
+        onehot = F.one_hot(tasks.support_y, tasks.ways).to(att.dtype) * tasks.support_mask.unsqueeze(-1)
+        return masked_query_loss(log_probabilities(att @ onehot), tasks.query_y, tasks.query_mask, tasks.task_ways)
