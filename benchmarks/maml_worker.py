@@ -87,9 +87,9 @@ def plain_net(shape: dict):
     return Net()
 
 
-def import_learn2learn():
-    """Import learn2learn; with a CPU-only torch, PyPI's torchvision cannot load, so an empty stand-in module is
-    provided (learn2learn imports torchvision for its data sets and vision models only)."""
+def stub_torchvision() -> None:
+    """With a CPU-only torch, PyPI's torchvision cannot load: stand in an empty `torchvision` package (learn2learn
+    and easyfsl import it for their data sets, transforms and vision models only)."""
     try:
         import torchvision  # noqa: F401
     except Exception:
@@ -117,6 +117,11 @@ def import_learn2learn():
                 module.__path__ = []
 
         sys.meta_path.insert(0, Finder())
+
+
+def import_learn2learn():
+    """Import learn2learn, with an empty stand-in for torchvision where the real one cannot load (stub_torchvision)."""
+    stub_torchvision()
     import warnings
 
     with warnings.catch_warnings():

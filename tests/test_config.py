@@ -33,7 +33,7 @@ def test_unknown_keys_suggest_close_ones(override, match):
     ("optim.lr=-1", r"optim.lr must be in \[0.0, 10.0\], got -1.0"),
     ("tasks.ways=1", r"tasks.ways must be in \[2, 100000\], got 1"),
     ("optim.name=lamb", r"optim.name must be one of adam, adamw, sgd, lars; got .lamb."),
-    ("learner.distance=manhattan", r"learner.distance must be one of euclidean, cosine"),
+    ("learner.distance=manhattan", r"learner.distance must be one of euclidean, l2, cosine"),
     ("train.steps=many", r"train.steps must be an integer, got 'many'"),
     ("train.progress=maybe", r"train.progress must be true or false"),
     ("model.backbone=vgg", r"unknown backbone 'vgg'"),
