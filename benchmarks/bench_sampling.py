@@ -74,7 +74,7 @@ def main():
 
         def step():
             b = sample().map_images(split.preprocess)
-            loss, _ = model.learner.loss(model.params, model.buffers, b)
+            loss = model.learner.loss(model.params, model.buffers, b).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -56,7 +56,7 @@ from .checkpoint import (OTHER, CheckpointError, CheckpointWriteError, check_fin
                          load_checkpoint, max_abs, non_finite, read_run_learner, save_checkpoint, state_value,
                          unflatten_optimizer)
 from . import distributed, runlock
-from .allocator import tune_allocator
+from .allocator import MemoryGuard, tune_allocator
 from .distributed import DistInfo, resolve_device
 from .logging import RunLogger, plot_learning_curves, read_metrics
 from .meta import StepRunner
@@ -256,7 +256,8 @@ class Trainer:
         self.origin, self.latest_link = dict(origin or {}), latest_link
         self.cfg, self.run_dir, self.echo = cfg, Path(run_dir), echo if self.dist.is_main else (lambda *a, **k: None)
         echo = self.echo
-        tune_allocator()  # reuse freed activation memory instead of fresh mmap pages per step (engine/allocator.py)
+        # reuse freed activation memory instead of fresh mmap pages per step, growth bounded (engine/allocator.py)
+        self.memory = MemoryGuard(tune_allocator())
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -701,6 +702,7 @@ class Trainer:
                 if self.step == fault:
                     os.kill(os.getpid(), signal.SIGKILL)
                 m = self.train_step()
+                self.memory.check()
                 self.window.append(m)
                 if bar is not None:
                     bar.update(1)

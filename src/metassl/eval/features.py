@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..data.episodic import ClassSplit, Preprocess
+from .batching import AUTO, EpisodeBatcher
 
 __all__ = ["embed_images", "check_label_splits", "subsample", "labeled_subset", "frozen_features",
            "frozen_protocol"]
@@ -19,8 +20,9 @@ FEATURES = "encoder output before any projection head; eval mode; no augmentatio
 
 @torch.no_grad()
 def embed_images(model: Any, images: torch.Tensor, preprocess: Preprocess | None = None,
-                 batch_size: int = 512) -> torch.Tensor:
-    """Encoder features [M, D] (float32) of uint8 images [M, C, H, W]: `batch_size` images at a time, each batch
+                 batch_size: int = AUTO) -> torch.Tensor:
+    """Encoder features [M, D] (float32) of uint8 images [M, C, H, W]: `batch_size` images at a time (0: the size
+    measured fastest on this device, `eval.batching`; a row's features do not depend on it), each batch
     moved to the model's device and preprocessed (default: the model's recorded `preprocess`), the encoder in eval
     mode (BatchNorm running statistics; its previous mode is restored after), no gradients. The features are the
     learner's `embed`: the encoder output, before any projection head."""
@@ -29,8 +31,8 @@ def embed_images(model: Any, images: torch.Tensor, preprocess: Preprocess | None
     was = model.encoder.training
     model.train(False)
     try:
-        out = [model.learner.embed(model.params, model.buffers, prep(images[s:s + batch_size].to(device))).float()
-               for s in range(0, images.shape[0], batch_size)]
+        out = EpisodeBatcher.of(batch_size).run(0, images.shape[0], lambda s, n: model.learner.embed(
+            model.params, model.buffers, prep(images[s:s + n].to(device))).float())
     finally:
         model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
@@ -68,7 +70,7 @@ def labeled_subset(split: ClassSplit, max_n: int | None, seed: int) -> tuple[tor
 
 
 def frozen_features(model: Any, train: ClassSplit, test: ClassSplit, max_train: int | None, max_test: int | None,
-                    seed: int, preprocess: Preprocess | None = None, batch_size: int = 512
+                    seed: int, preprocess: Preprocess | None = None, batch_size: int = AUTO
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frozen-encoder features and labels of the (subsampled: seed for train, seed + 1 for test) train and test
     images: f_train, y_train, f_test, y_test."""

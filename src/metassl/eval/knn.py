@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.episodic import ClassSplit, Preprocess
+from .batching import AUTO
 from .features import check_label_splits, embed_images, frozen_features, frozen_protocol, labeled_subset
 from .result import EvalResult
 
@@ -51,7 +52,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 
 def knn_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: str, k: int = 200,
                  temperature: float = 0.1, max_train: int | None = None, max_test: int | None = None, seed: int = 0,
-                 preprocess: Preprocess | None = None, batch_size: int = 512) -> EvalResult:
+                 preprocess: Preprocess | None = None, batch_size: int = AUTO) -> EvalResult:
     """kNN top-1 accuracy of `model`'s frozen features: memory bank `train`, queries `test` (see the module doc)."""
     check_label_splits(train, test)
     t0 = time.perf_counter()

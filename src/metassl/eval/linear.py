@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.episodic import ClassSplit, Preprocess
+from .batching import AUTO
 from .features import check_label_splits, frozen_features, frozen_protocol
 from .result import EvalResult
 
@@ -59,7 +60,7 @@ def predict_linear(features: torch.Tensor, probe: tuple[torch.Tensor, ...]) -> t
 
 def linear_evaluate(model: Any, train: ClassSplit, test: ClassSplit, dataset: str, weight_decay: float = 1e-4,
                     max_iter: int = 500, max_train: int | None = None, max_test: int | None = None, seed: int = 0,
-                    preprocess: Preprocess | None = None, batch_size: int = 512) -> EvalResult:
+                    preprocess: Preprocess | None = None, batch_size: int = AUTO) -> EvalResult:
     """Linear-probe top-1 accuracy of `model`'s frozen features: probe trained on `train`, tested on `test` (see the
     module doc); the training accuracy is `metrics["train_accuracy"]`."""
     check_label_splits(train, test, "linear-probe")
