@@ -22,6 +22,9 @@ a `ViewBatch` of augmented views) has `num_tasks` and `chunks(n)`, so one path s
   a note.
 - compile: the chunk loss is wrapped in `torch.compile`; if compiling fails, the step is redone eagerly and compile
   stays off (with a note).
+- Parameter groups (`Learner.param_groups`, e.g. a GAN's discriminator and generator): each group's loss in
+  `LossOutput.group_losses` is back-propagated into that group's parameters only (`torch.autograd.backward` with
+  `inputs`), from one forward pass; the engine's optimizer has one param group per group (`optim.param_groups`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from .. import parallel
 from ..learners.base import Learner, LossOutput
 from .build import Model
+from .optim import group_params
 
 Info = Callable[[str, dict[str, Any]], None]
 PATHS = ("vmap", "loop")
@@ -61,6 +65,9 @@ class StepRunner:
         self.timings: dict[str, list[float]] = {}
         self.learners: dict[str, Learner] = {}
         self.learner: Learner = model.learner
+        # parameter groups with their own losses: name -> the group's parameter tensors
+        self.groups = {g.name: [model.params[k] for k in names] for g, names in group_params(model.learner,
+                                                                                              model.params)}
         if model.learner.maps_tasks and opts.path in ("auto", *PATHS):
             self.learners = {p: model.learner.with_options(path=p) for p in PATHS}
             if opts.path == "auto":
@@ -151,6 +158,16 @@ class StepRunner:
                           f"continuing without it", {"event": "compile", "compile": False, "error": type(e).__name__})
         return self._chunks(batch, self._loss)
 
+    def _backward_groups(self, losses: dict[str, torch.Tensor], share: float) -> None:
+        """Each group's loss into its own parameters (the graph is kept until the last group's backward)."""
+        if set(losses) != set(self.groups):
+            raise KeyError(f"learner {self.model.config.learner.name}: its loss returned group losses "
+                           f"{sorted(losses)} for the parameter groups {sorted(self.groups)}")
+        names = [n for n in self.groups if losses[n].requires_grad]
+        for i, name in enumerate(names):
+            torch.autograd.backward(losses[name].float() * share, inputs=self.groups[name],
+                                    retain_graph=i < len(names) - 1)
+
     def _chunks(self, batch: Any, loss_fn: Callable) -> LossOutput:
         total = self.total
         chunk = self.options.tasks_per_chunk
@@ -171,7 +188,9 @@ class StepRunner:
             share = 1.0 / self.world_size if global_loss else part.num_tasks / total
             with amp:
                 out = loss_fn(self.learner, m.params, m.buffers, part)
-            if out.loss.requires_grad:
+            if out.group_losses:
+                self._backward_groups(out.group_losses, share)
+            elif out.loss.requires_grad:
                 (out.loss.float() * share).backward()
             loss = out.loss.detach().float() * share
             loss_sum = loss if loss_sum is None else loss_sum + loss

@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 
+def group_params(learner, params: dict[str, torch.Tensor]) -> list[tuple[Any, list[str]]]:
+    """The learner's parameter groups (`Learner.param_groups`) with the names of their parameters, in the order of
+    `params`; [] for a learner with one objective. Every parameter must be in exactly one group."""
+    groups = tuple(learner.param_groups()) if hasattr(learner, "param_groups") else ()
+    if not groups:
+        return []
+    out = [(g, [k for k in params if g.owns(k)]) for g in groups]
+    owners = {k: [g.name for g, names in out if k in names] for k in params}
+    bad = {k: v for k, v in owners.items() if len(v) != 1}
+    if bad:
+        raise ValueError(f"learner parameter groups {[g.name for g in groups]}: each parameter must be in exactly "
+                         f"one group; {dict(list(bad.items())[:4])}")
+    return out
+
+
+def optimizer_params(learner, params: dict[str, torch.Tensor]) -> list:
+    """What `make_optimizer` takes for this learner: its parameter tensors (one objective), or one torch param
+    group per `ParamGroup` (its tensors, `lr_scale` and optimizer `options`)."""
+    groups = group_params(learner, params)
+    if not groups:
+        return list(params.values())
+    return [{"params": [params[k] for k in names], "group": g.name, "lr_scale": float(g.lr_scale),
+             **dict(g.options)} for g, names in groups]
+
+
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The optimizer of `optim` over `params`: tensors, or torch param groups (dicts) whose keys override the
+    section's hyperparameters (`lr_scale` multiplies the learning rate, see `set_lr`)."""
     params = list(params)
+    params = [({**p, "lr": cfg.lr * p.get("lr_scale", 1.0)} if isinstance(p, dict) else p) for p in params]
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -87,4 +116,4 @@ def lr_factor(step: int, cfg, total_steps: int) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
     for g in optimizer.param_groups:
-        g["lr"] = base_lr * factor
+        g["lr"] = base_lr * factor * g.get("lr_scale", 1.0)

@@ -52,6 +52,7 @@ from ..learners import LossOutput, get_learner
 from ..atomic import LEFTOVER, atomic_write_text, clean_leftovers
 from .build import Model, build_model, init_encoder_from
 from .frozen import embed_with_run
+from .generative import load_generator
 from .checkpoint import (OTHER, CheckpointError, CheckpointWriteError, check_finite, find_checkpoint, flatten_optimizer,
                          load_checkpoint, max_abs, non_finite, read_run_learner, save_checkpoint, state_value,
                          unflatten_optimizer)
@@ -60,7 +61,7 @@ from .allocator import MemoryGuard, tune_allocator
 from .distributed import DistInfo, resolve_device
 from .logging import RunLogger, plot_learning_curves, read_metrics
 from .meta import StepRunner
-from .optim import lr_factor, make_optimizer, set_lr
+from .optim import lr_factor, make_optimizer, optimizer_params, set_lr
 from .provenance import recorded_data_root, with_data_root
 
 
@@ -356,12 +357,13 @@ class Trainer:
                                         global_batchnorm=self.dist.active and cfg.train.sync_batchnorm)
         self._check_shares()
         distributed.broadcast_tensors(self.dist, self.model.state_tensors())
-        self.optimizer = make_optimizer(self.model.params.values(), cfg.optim)
+        self.optimizer = make_optimizer(optimizer_params(self.model.learner, self.model.params), cfg.optim)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000003)
         spec = get_learner(cfg.learner.name)
         self.source = make_task_source(cfg.tasks, self.train_split, self.generator, spec.default_source,
                                        config=cfg, device=self.device, embed=lambda run, split: embed_with_run(
-                                           run, split, self.device))
+                                           run, split, self.device),
+                                       load_generator=lambda run: load_generator(run, self.device))
         if cfg.aux.contrastive > 0:  # the contrastive auxiliary term needs two augmented views of every image
             self.source = AuxiliaryViews(self.source, resolve_augment(cfg.augment, d.dataset), self.generator)
         self.knn = None  # online kNN monitor (train.knn_every): memory bank from the train split, test-split queries

@@ -35,7 +35,7 @@ Tensors = dict[str, torch.Tensor]
 ENCODER = "encoder."
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
-__all__ = ["ENCODER", "EngineOptions", "Learner", "LearnerSpec", "LossOutput", "Tensors", "get_learner",
+__all__ = ["ENCODER", "EngineOptions", "Learner", "LearnerSpec", "LossOutput", "ParamGroup", "Tensors", "get_learner",
            "query_loss", "register_learner", "sub", "task_loss", "check_task_type"]
 
 
@@ -57,6 +57,7 @@ class EngineOptions:
     channels_last: bool = False  # images are fed in NHWC layout (conv backbones)
     input_ndim: int = 3  # dims of one input: 3 for images [C, H, W], 1 for vectors [D]
     global_batchnorm: bool = False  # several processes: BatchNorm over the global batch (heads built by the learner)
+    input_shape: tuple[int, ...] = ()  # the shape of one input (images [C, H, W]), for heads that produce images
 
     @classmethod
     def from_config(cls, cfg: Any, encoder: nn.Module | None = None) -> "EngineOptions":
@@ -67,18 +68,40 @@ class EngineOptions:
 
     def for_inputs(self, input_shape: tuple[int, ...]) -> "EngineOptions":
         """These options for inputs of one example's shape (images [C, H, W]; vectors [D]: no channels-last)."""
-        return dataclasses.replace(self, input_ndim=len(input_shape),
+        return dataclasses.replace(self, input_ndim=len(input_shape), input_shape=tuple(input_shape),
                                    channels_last=self.channels_last and len(input_shape) == 3)
 
 
 @dataclass
 class LossOutput:
     """What `Learner.loss` returns: the scalar to differentiate, 0-d metrics to log, and detached tensors the
-    learner's `update` needs after the optimizer step (e.g. MoCo's keys for its queue), never logged."""
+    learner's `update` needs after the optimizer step (e.g. MoCo's keys for its queue), never logged.
+
+    `group_losses` (learners with several parameter groups, `Learner.param_groups`, e.g. a GAN's discriminator and
+    generator): one loss per group name; the engine back-propagates each group's loss into that group's parameters
+    only, and `loss` is then what is logged. Empty: `loss` is differentiated for every parameter."""
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    group_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """A group of parameters with its own objective and optimizer settings (`Learner.param_groups`): the parameters
+    whose names start with one of `prefixes`, trained on `LossOutput.group_losses[name]`, with the learning rate
+    `lr_scale` x the schedule's and optimizer hyperparameters `options` (e.g. Adam's betas) overriding the optim
+    section. The engine gives every group its own optimizer state (one param group of one torch optimizer: a
+    checkpoint holds them all); each parameter must be in exactly one group."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    lr_scale: float = 1.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def owns(self, param: str) -> bool:
+        return param.startswith(self.prefixes)
 
 
 class Learner:
@@ -150,6 +173,11 @@ class Learner:
     def diagnose(self, metrics: dict[str, float], step: int) -> str | None:
         """A warning the logged metrics call for (e.g. collapsed embeddings), or None; the engine shows each once."""
         return None
+
+    def param_groups(self) -> tuple[ParamGroup, ...]:
+        """Parameter groups trained on separate losses with their own optimizer settings (a GAN's discriminator
+        and generator); empty (the default): one objective, `LossOutput.loss`, for all parameters."""
+        return ()
 
     # -- the functional core ----------------------------------------------------------------------------------
     def embed(self, params: Tensors, buffers: Tensors, images: torch.Tensor, per_task: bool = False

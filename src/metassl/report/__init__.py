@@ -281,6 +281,11 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
     say("t-SNE map")
     figures.append(plot_tsne(model, split, folder / "tsne.png", cfg.eval.seed,
                              features=shared.features.images if shared else None))
+    if getattr(model.learner, "generative", False):  # vae, gan: samples from the prior and interpolations
+        from ..engine.generative import generative_figures
+
+        say("samples and interpolations")
+        figures += generative_figures(model, folder)
     comparison = []
     if compare_with:
         say(f"comparing with {len(compare_with)} other run(s)")
