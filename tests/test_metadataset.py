@@ -282,3 +282,54 @@ def test_double_mnist_from_idx_files(tmp_path, monkeypatch):
     assert s1.class_names[0] == "02"
     with pytest.raises(ValueError, match="images_per_class"):
         load_dataset("double_mnist", "test", tmp_path / "data", 32, options={"images_per_class": 1})
+
+
+def _tiny_mnist(root, n_train=40, n_test=30):
+    import gzip
+
+    d = root / "mnist"
+    d.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        imgs = g.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labs = np.arange(n, dtype=np.uint8) % 10
+        (d / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(
+            (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + imgs.tobytes()))
+        (d / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(
+            (2049).to_bytes(4, "big") + n.to_bytes(4, "big") + labs.tobytes()))
+
+
+def test_cli_multidomain_train_and_metadataset_eval(tmp_path, capsys, one_thread):
+    import json
+
+    from metassl.cli.main import main
+
+    _tiny_mnist(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["data.datasets=[mnist,double_mnist]", "data.dataset=mnist", "data.image_size=16",
+              "data.options={images_per_class: 4}", "model.hidden=8", "tasks.max_support=20",
+              "train.progress=false", "train.report=false", "train.tensorboard=false", "--data-root",
+              str(tmp_path / "data")]
+    code = main(["train", "multidomain/protonet_omniglot_double_mnist", *common, "train.steps=2", "--run-dir",
+                 str(run)])
+    assert code == 0, capsys.readouterr().err
+    state = json.loads((run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip() /
+                        "state.json").read_text())
+    assert state["domains"]["names"] == ["mnist", "double_mnist"] and state["domains"]["classes"] == [10, 64]
+    assert state["domains"]["conversions"][1] == {"dataset": "double_mnist", "split": "train", "from": [1, 64, 64],
+                                                  "to": [1, 16, 16], "inverted": False}
+    capsys.readouterr()
+    code = main(["eval", str(run), "--protocol", "metadataset", "--datasets", "mnist,double_mnist", "--episodes",
+                 "3", "--runs", str(run), "--json", "--data-root", str(tmp_path / "data")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = json.loads(out.out)
+    assert [r["average_rank"] for r in rows] == [1.5, 1.5]
+    assert [x["protocol"]["dataset"] for x in rows[0]["results"]] == ["mnist", "double_mnist"]
+    assert rows[0]["results"][1]["accuracy"] == rows[1]["results"][1]["accuracy"]  # same episodes, same model
+    code = main(["eval", str(run), "--protocol", "metadataset", "--datasets", "mnist,dobule_mnist",
+                 "--data-root", str(tmp_path / "data")])
+    assert code == 2 and "Did you mean double_mnist" in capsys.readouterr().err
+    code = main(["train", "multidomain/base", *common, "learner.name=maml", "model.track_running_stats=false",
+                 "train.steps=1", "--run-dir", str(tmp_path / "maml")])
+    assert code == 2 and "trains on fixed N-way K-shot episodes" in capsys.readouterr().err
