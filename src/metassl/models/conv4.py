@@ -1,7 +1,8 @@
 """Conv4: the standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017; Finn et al. 2017).
 
 Four blocks of [3x3 conv with `hidden` filters, normalization, ReLU, 2x2 max-pool], flattened: 64 features for
-28x28 inputs (256 with `pool_ceil`), 1,600 for 84x84 with 64 filters.
+28x28 inputs (256 with `pool_ceil`), 1,600 for 84x84 with 64 filters. The ReLU is applied after the pool: the same
+function and gradients, on a quarter of the elements (benchmarks/profile_training.py).
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ class Conv4(nn.Module):
         for i in range(cfg.depth):
             stride = 2 if cfg.pool == "stride" else 1
             layers += [nn.Conv2d(c, cfg.hidden, 3, stride=stride, padding=1), norm2d(cfg.norm, cfg.hidden,
-                       cfg.track_running_stats), nn.ReLU()]
+                       cfg.track_running_stats)]
+            # ReLU after the max-pool: the same values and gradients (a non-decreasing function commutes with max;
+            # where the max is <= 0 both pass no gradient) on a quarter of the elements; parameter names unchanged
             if cfg.pool == "max" and (cfg.pool_blocks is None or i < cfg.pool_blocks):
                 layers.append(nn.MaxPool2d(2, ceil_mode=cfg.pool_ceil))
+            layers.append(nn.ReLU())
             c = cfg.hidden
         self.features = nn.Sequential(*layers)
         self.avg = cfg.flatten == "avg"
