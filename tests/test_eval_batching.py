@@ -59,3 +59,18 @@ def test_out_of_memory_halves_the_batch_and_every_episode_is_evaluated_once():
 
     with pytest.raises(torch.OutOfMemoryError):
         EpisodeBatcher(fixed=2).run(0, 5, always_oom)
+
+
+@pytest.mark.parametrize("unlabeled,distractors", [(0, 0), (2, 1)])
+def test_eval_episode_rows_are_the_rows_the_episodes_read(unlabeled, distractors):
+    from conftest import image_ids, make_split
+
+    from metassl.data.episodic import eval_episode_rows, eval_episodes
+
+    split = make_split(num_classes=12, per_class=8)
+    t = eval_episodes(split, 3, 1, 2, 0, 5, 7, unlabeled, distractors)
+    read = [image_ids(t.support_x), image_ids(t.query_x)]
+    if unlabeled:
+        read.append(image_ids(t.unlabeled_x))
+    expected = torch.cat([r.flatten() for r in read]).unique()
+    assert torch.equal(eval_episode_rows(split, 3, 1, 2, 0, 5, 7, unlabeled, distractors), expected)

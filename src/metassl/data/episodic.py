@@ -311,15 +311,9 @@ def episode_seed(*identity: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def eval_episodes(split: ClassSplit, ways: int, shots: int, queries: int, seed: int, start: int, count: int,
-                  unlabeled: int = 0, distractors: int = 0) -> TaskBatch:
-    """Episodes start..start+count-1 of the protocol (split, N, K, Q, seed; and M unlabeled images per class, D
-    distractor classes for semi-supervised episodes, see `sample_tasks`): a pure function of those values.
-
-    Indices are drawn on the CPU, one generator per episode, so the result does not depend on the device, on the
-    batch size used for evaluation, or on the method being evaluated. Episodes with M = D = 0 are those of every
-    earlier release (M and D enter the identity only when they are not 0).
-    """
+def _eval_draws(split: ClassSplit, ways: int, shots: int, queries: int, seed: int, start: int, count: int,
+                unlabeled: int, distractors: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Classes [T, N+D], positions [T, N+D, K+Q+M] and unlabeled order of the protocol's episodes (eval_episodes)."""
     check_task_shape(split, ways, shots, queries, unlabeled, distractors)
     extra = (unlabeled, distractors) if unlabeled or distractors else ()
     cls, pos, order = [], [], []
@@ -331,5 +325,27 @@ def eval_episodes(split: ClassSplit, ways: int, shots: int, queries: int, seed: 
         pos.append(p)
         if unlabeled:
             order.append(_unlabeled_order(1, (ways + distractors) * unlabeled, g, "cpu"))
-    return _assemble(split, torch.cat(cls), torch.cat(pos), shots, queries, ways, unlabeled,
-                     torch.cat(order) if unlabeled else None)
+    return torch.cat(cls), torch.cat(pos), torch.cat(order) if unlabeled else None
+
+
+def eval_episode_rows(split: ClassSplit, ways: int, shots: int, queries: int, seed: int, start: int, count: int,
+                      unlabeled: int = 0, distractors: int = 0) -> torch.Tensor:
+    """The rows of `split.images` (sorted, unique, on the CPU) that `eval_episodes` with the same arguments reads,
+    without gathering any image: e.g. to embed only those once."""
+    cls, pos, _ = _eval_draws(split, ways, shots, queries, seed, start, count, unlabeled, distractors)
+    flat = split.offsets.cpu()[cls].unsqueeze(-1) + pos
+    # support and query from the first N classes; unlabeled images from every drawn class (distractors too)
+    return torch.cat([flat[:, :ways, :shots + queries].flatten(), flat[..., shots + queries:].flatten()]).unique()
+
+
+def eval_episodes(split: ClassSplit, ways: int, shots: int, queries: int, seed: int, start: int, count: int,
+                  unlabeled: int = 0, distractors: int = 0) -> TaskBatch:
+    """Episodes start..start+count-1 of the protocol (split, N, K, Q, seed; and M unlabeled images per class, D
+    distractor classes for semi-supervised episodes, see `sample_tasks`): a pure function of those values.
+
+    Indices are drawn on the CPU, one generator per episode, so the result does not depend on the device, on the
+    batch size used for evaluation, or on the method being evaluated. Episodes with M = D = 0 are those of every
+    earlier release (M and D enter the identity only when they are not 0).
+    """
+    cls, pos, order = _eval_draws(split, ways, shots, queries, seed, start, count, unlabeled, distractors)
+    return _assemble(split, cls, pos, shots, queries, ways, unlabeled, order)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from ..atomic import atomic_write_path, atomic_write_text
-from ..data.episodic import ClassSplit, eval_episodes
+from ..data.episodic import ClassSplit, eval_episode_rows, eval_episodes
 from ..engine.build import Model, load_model
 from ..engine.evaluate import compare_runs
 from ..engine.frozen import load_run_split
@@ -63,6 +63,11 @@ def shot_sweep(model: Model, split: ClassSplit, ways: int, queries: int, episode
     return out
 
 
+# images per encoder call when storing features: a fixed size, since one-row calls take other kernels (GEMV) whose
+# last bits differ, and `check` compares logits bit for bit
+EMBED_BATCH = 256
+
+
 class SharedFeatures:
     """The report's evaluations on one embedding of the test split instead of re-embedding every episode's images
     per protocol: the learner runs on the stored features with an identity encoder. Used only when that gives the
@@ -70,12 +75,17 @@ class SharedFeatures:
     encoder (the MAML family) or normalize by batch statistics fail the check or are never tried, and are evaluated
     on images as before."""
 
-    def __init__(self, model: Model, split: ClassSplit, features: torch.Tensor):
+    def __init__(self, model: Model, split: ClassSplit):
         from ..data.episodic import Preprocess
 
         self.model, self.split = model, split
-        self.features = ClassSplit(features, split.counts, list(split.class_names), name=split.name,
-                                   preprocess=Preprocess())
+        # rows are embedded when a protocol, the confusion matrix or the t-SNE map first reads them (`ensure`):
+        # a 100-episode report reads a third of Omniglot's 33,840 test images
+        dim = embed_images(model, split.images[:1], model.preprocess, 1).shape[1]
+        device = next(iter(model.params.values())).device
+        self.embedded = torch.zeros(split.images.shape[0], dtype=torch.bool)
+        self.features = ClassSplit(torch.zeros(split.images.shape[0], dim, device=device), split.counts,
+                                   list(split.class_names), name=split.name, preprocess=Preprocess())
         learner = model.learner.with_options(input_ndim=1, channels_last=False)
         learner.encode_with = lambda tensors, inputs: inputs  # the inputs are the encoder's outputs already
         self.learner = learner
@@ -87,8 +97,31 @@ class SharedFeatures:
         exactly, else None."""
         if model.learner.batch_statistics or split.images.dim() != 4:
             return None
-        shared = cls(model, split, embed_images(model, split.images, model.preprocess, 256))
+        shared = cls(model, split)
         return shared if shared.check(protocol, batch_episodes) else None
+
+    def ensure(self, rows: torch.Tensor) -> None:
+        """Embed the rows of the split not embedded yet (eval mode: a row's features do not depend on the others)."""
+        rows = rows.cpu()
+        need = rows[~self.embedded[rows]]
+        if need.numel():
+            dev = self.split.images.device
+            z = embed_images(self.model, self.split.images[need.to(dev)], self.model.preprocess, EMBED_BATCH)
+            self.features.images[need.to(self.features.images.device)] = z.to(self.features.images.device)
+            self.embedded[need] = True
+
+    def ensure_protocol(self, protocol: Protocol, count: int | None = None) -> None:
+        self.ensure(eval_episode_rows(self.split, protocol.ways, protocol.shots, protocol.queries, protocol.seed, 0,
+                                      protocol.episodes if count is None else count, protocol.unlabeled,
+                                      protocol.distractors))
+
+    def ensure_classes(self, classes: torch.Tensor) -> None:
+        offsets, counts = self.split.offsets.cpu(), self.split.counts.cpu()
+        self.ensure(torch.cat([torch.arange(int(offsets[c]), int(offsets[c] + counts[c])) for c in classes.tolist()]))
+
+    def rows(self, take: torch.Tensor) -> torch.Tensor:
+        self.ensure(take)
+        return self.features.images[take.to(self.features.images.device)]
 
     def predict(self, support_x, support_y, query_x, ways, unlabeled_x=None):
         m = self.model
@@ -98,6 +131,7 @@ class SharedFeatures:
     def check(self, protocol: Protocol, batch_episodes: int) -> bool:
         """The logits of the protocol's first batch of episodes are the same, bit for bit, on features and images."""
         n = min(batch_episodes or 8, protocol.episodes)
+        self.ensure_protocol(protocol, n)
         args = (protocol.ways, protocol.shots, protocol.queries, protocol.seed, 0, n, protocol.unlabeled,
                 protocol.distractors)
         with torch.no_grad():
@@ -115,6 +149,7 @@ class SharedFeatures:
         return predict(t.support_x, t.support_y, t.query_x, tasks.ways, **extra)
 
     def evaluate(self, protocol: Protocol, batch_episodes: int) -> EvalResult:
+        self.ensure_protocol(protocol)
         return evaluate(self.predict, self.features, protocol, lambda x: x, batch_episodes)
 
 
@@ -150,6 +185,8 @@ def class_confusion(model: Model, split: ClassSplit, ways: int, shots: int, quer
     g = torch.Generator().manual_seed(seed)
     eligible = (split.counts >= shots + queries).nonzero().flatten().cpu()
     chosen = eligible[torch.randperm(eligible.numel(), generator=g)[:num_classes]].sort().values
+    if evaluator is not None:
+        evaluator.ensure_classes(chosen)
     sub = split.subset(chosen.to(split.device), name=split.name + "/report")
     n = min(ways, sub.num_classes)
     conf = torch.zeros(sub.num_classes, sub.num_classes)
@@ -187,7 +224,8 @@ def plot_confusion(names: list[str], conf: torch.Tensor, path: Path, title: str)
 
 
 def plot_tsne(model: Model, split: ClassSplit, path: Path, seed: int, num_classes: int = 10, per_class: int = 30,
-              features: torch.Tensor | None = None) -> Path:
+              features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+    """`features(rows)`: the stored features of those rows of the split (SharedFeatures.rows), else embedded here."""
     from sklearn.manifold import TSNE
 
     plt = _plt()
@@ -200,7 +238,7 @@ def plot_tsne(model: Model, split: ClassSplit, path: Path, seed: int, num_classe
         idx.append(take)
         lab += [j] * take.numel()
     take = torch.cat(idx).to(split.device)
-    z = features[take] if features is not None else embed_images(model, split.images[take], model.preprocess, 256)
+    z = features(take) if features is not None else embed_images(model, split.images[take], model.preprocess)
     z = torch.nn.functional.normalize(z, dim=-1).cpu().numpy()
     xy = TSNE(n_components=2, perplexity=min(30, max(5, len(z) // 4)), init="pca", random_state=seed).fit_transform(z)
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
@@ -257,7 +295,7 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
                           cfg.eval.unlabeled, cfg.eval.distractors) for k in cfg.eval.shots]
     shared = None
     if share_features:
-        say(f"embedding the {split.images.shape[0]} test images once")
+        say("embedding the test images the report reads, once")
         shared = SharedFeatures.build(model, split, protocols[0], cfg.eval.batch_episodes)
         if shared is None:
             say(f"{cfg.learner.name} does not classify stored features the same way: every episode's images are "
@@ -280,7 +318,7 @@ def write_report(run: str | Path, data_root: str | None = None, episodes: int | 
                                   f"Confusion over {len(names)} test classes ({eps} episodes)"))
     say("t-SNE map")
     figures.append(plot_tsne(model, split, folder / "tsne.png", cfg.eval.seed,
-                             features=shared.features.images if shared else None))
+                             features=shared.rows if shared else None))
     if getattr(model.learner, "generative", False):  # vae, gan: samples from the prior and interpolations
         from ..engine.generative import generative_figures
 
