@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = {  # name: (preset, overrides, warm-up steps)
     "protonet 60w1s5q (demo)": ("omniglot/protonet_demo", ["train.steps=40"], 10),
-    "dino multi-crop, 128 images": ("omniglot/dino", ["train.steps=16", "tasks.batch_size=128"], 6),
+    "dino multi-crop 128 images": ("omniglot/dino", ["train.steps=16", "tasks.batch_size=128"], 6),
 }
 LIBS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
 
