@@ -5,6 +5,7 @@
 Table 1: accuracy ± 95% CI per test data set (rows) and run (columns), W = a data set the run trained on (its test
 classes: never seen), X = a data set it never saw; average rank over the data sets (1 = best, ties shared).
 Table 2: each run's mean accuracy over its within-domain and over its cross-domain test sets.
+Table 3: every other run against the first, paired on the same episodes (difference other - first ± 95% CI).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from metassl.eval.compare import paired_comparison
 from metassl.eval.metadataset import average_ranks
 
 ORDER = ["md_protonet", "md_matchingnet", "md_protonet_5w", "om_protonet", "om_simclr"]
@@ -66,6 +68,16 @@ def main(root: Path) -> None:
         def mean(lst):
             return sum(acc[r][ds]["accuracy"] for ds in lst) / len(lst) if lst else float("nan")
         print(f"| {r} | {', '.join(w) or '-'} | {mean(w):.1f} | {', '.join(x)} | {mean(x):.1f} |")
+    print()
+    ref = runs[0]
+    print(f"| test data set | " + " | ".join(f"{r} - {ref}" for r in runs[1:]) + " |")
+    print("|---|" + "---|" * (len(runs) - 1))
+    for ds in datasets:
+        cells = []
+        for r in runs[1:]:
+            pc = paired_comparison(acc[ref][ds]["per_episode_accuracy"], acc[r][ds]["per_episode_accuracy"])
+            cells.append(f"{pc.mean_difference:+.1f} ± {pc.ci95:.1f} (p = {pc.t_pvalue:.2g})")
+        print(f"| {ds} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
