@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from metassl.engine.allocator import MemoryGuard, opted_out
+from metassl.engine.allocator import MemoryGuard, opted_out, preloaded_allocator
 
 TINY = ["data.dataset=digits", "data.train_split=train", "data.val_split=test", "data.test_split=test",
         "model.backbone=mlp", "model.hidden=[64,32]", "model.image_size=8", "tasks.ways=5", "tasks.shots=2",
@@ -67,3 +67,10 @@ def test_memory_guard_releases_only_past_its_bound():
 def test_memory_guard_is_inert_when_the_allocator_was_not_tuned():
     g = MemoryGuard(False, rss=lambda: 1 / 0, release=lambda: 1 / 0)
     assert not any(g.check() for _ in range(10))
+
+
+def test_a_preloaded_allocator_is_recognized(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert preloaded_allocator() == "libtcmalloc_minimal.so.4"
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libfoo.so")
+    assert preloaded_allocator() is None

@@ -12,8 +12,9 @@ The price is that freed memory stays with the process, and a heap that fragments
 multi-crop views, validation between steps) kept growing: Omniglot SSL runs at batch 256 reached 10-13 GB. So
 `MemoryGuard` watches the resident size after each step and, when it has doubled since the run settled (and by at
 least 1 GB), hands the free part back once with `malloc_trim(0)`; the reuse and its speed stay, the growth is bounded.
-Only glibc (Linux) has `mallopt`; elsewhere, or with METASSL_SYSTEM_MALLOC=1, nothing changes (and a preloaded
-jemalloc/tcmalloc is then used as it comes).
+Only glibc (Linux) has `mallopt`; elsewhere, with METASSL_SYSTEM_MALLOC=1, or when jemalloc or tcmalloc is preloaded
+(`LD_PRELOAD=.../libtcmalloc_minimal.so.4 metassl train ...`: tcmalloc measured faster still, results/allocator.md),
+nothing changes.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def opted_out() -> bool:
     return os.environ.get(OPT_OUT, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def preloaded_allocator() -> str | None:
+    """The name of a jemalloc / tcmalloc / mimalloc library in LD_PRELOAD (it serves malloc instead of glibc)."""
+    for lib in os.environ.get("LD_PRELOAD", "").replace(":", " ").split():
+        name = os.path.basename(lib)
+        if any(k in name for k in ("jemalloc", "tcmalloc", "mimalloc")):
+            return name
+    return None
+
+
 @functools.cache
 def _libc():
     try:
@@ -47,7 +57,7 @@ def _libc():
 @functools.cache
 def tune_allocator() -> bool:
     """Keep freed heap memory for reuse (see the module docstring), once per process; True if applied."""
-    if opted_out() or not sys.platform.startswith("linux"):
+    if opted_out() or preloaded_allocator() or not sys.platform.startswith("linux"):
         return False
     libc = _libc()
     return libc is not None and libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 40) == 1
