@@ -97,7 +97,9 @@ def _protonet(**kw):
     from metassl.config import resolve
     from metassl.engine.build import build_model
 
-    cfg = resolve({"model": {"backbone": "conv4", "hidden": 8}, "learner": {"name": "protonet", **kw}})
+    model = {"backbone": "conv4", "hidden": 8, **({"track_running_stats": False} if kw.get("name") == "protomaml"
+                                                  else {})}
+    cfg = resolve({"model": model, "learner": {"name": "protonet", **kw}})
     return build_model(cfg, (1, 16, 16), Preprocess(), "cpu")
 
 
@@ -189,6 +191,24 @@ def test_domains_weights_and_too_few_classes():
     assert 0.15 < sum(doms_drawn) / 200 < 0.35
     mixed = class_groups(split, False, True)
     assert mixed[0].unique().tolist() == [0]
+
+
+def test_protomaml_on_padded_tasks_is_the_mean_of_its_unpadded_tasks(one_thread):
+    from metassl.data.metadataset import unpad
+
+    torch.manual_seed(0)
+    model = _protonet(name="protomaml", inner_steps=1)
+    model.train(True)
+    split = make_split(num_classes=10, per_class=12, ragged=True, shape=(1, 16, 16))
+    b = sample_metadataset(split, _cfg(min_ways=3, max_ways=5, max_support=15), 2,
+                           torch.Generator().manual_seed(4)).map_images(Preprocess())
+    learner = model.learner
+    padded = learner.loss(model.params, model.buffers, b)
+    singles = [learner.loss(model.params, model.buffers, unpad(b.select(t, t + 1))) for t in range(2)]
+    assert torch.allclose(padded.loss, torch.stack([o.loss for o in singles]).mean(), atol=1e-6)
+    garbage = b.__class__(**{**b.__dict__})
+    garbage.support_x = b.support_x.masked_fill(~b.support_mask.view(2, -1, 1, 1, 1), 7.0)
+    assert torch.allclose(learner.loss(model.params, model.buffers, garbage).loss, padded.loss, atol=1e-6)
 
 
 def test_learners_without_variable_ways_are_refused():

@@ -20,7 +20,9 @@ weights, prototypes treated as constants like the inner gradients). The paper tr
 `proto_maml_fc_layer_init`) stops only the inner gradients and keeps the prototypes differentiable:
 `first_order: true, prototype_grad: always` reproduces that; `never` detaches them always.
 
-BatchNorm uses the statistics of the batch it is given (support, then query), as the MAML family here. Deviations:
+BatchNorm uses the statistics of the batch it is given (support, then query), as the MAML family here. Padded
+variable-way variable-shot batches (Meta-Dataset episodes, `tasks.source: metadataset`) are taken one task at a
+time, unpadded. Deviations:
 the paper's backbones, episode sampler and tuned hyperparameters are those of Meta-Dataset (variable ways and
 shots, ResNet-18 at 126 px); the Omniglot presets use the MAML settings of this project instead.
 """
@@ -33,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import option
-from .base import ENCODER, register_learner, task_loss
+from ..data.metadataset import unpad
+from .base import ENCODER, LossOutput, register_learner, task_loss
 from .inner import HEAD_B, HEAD_W, FixedStepConfig, GradientLearner, inner_loop, map_tasks, score
 
 
@@ -110,6 +113,19 @@ class ProtoMAML(GradientLearner):
             return loss, loss.detach(), score(logits, query_y, loss)
 
         return objective
+
+    # padded Meta-Dataset episodes (tasks.source=metadataset): each task unpadded, its own inner loop and query loss
+    variable_ways = True
+
+    def loss(self, params, buffers, tasks):
+        """The mean over tasks of each task's query loss; a padded batch of variable-way tasks is taken one task at
+        a time, its real images only, so padding reaches neither the inner loop nor BatchNorm's batch statistics."""
+        if not getattr(tasks, "padded", False):
+            return super().loss(params, buffers, tasks)
+        outs = [super(ProtoMAML, self).loss(params, buffers, unpad(tasks.select(t, t + 1)))
+                for t in range(tasks.num_tasks)]
+        mean = {k: torch.stack([o.metrics[k] for o in outs]).mean() for k in outs[0].metrics}
+        return LossOutput(torch.stack([o.loss for o in outs]).mean(), mean)
 
     # -- the Learner contract: any number of ways ---------------------------------------------------------------
     def check_ways(self, params, ways):
