@@ -83,7 +83,7 @@ if [ $DRY = 1 ]; then
   part ddp 300 "$PY" benchmarks/bench_distributed.py --device cpu --nproc 1 2 --configs protonet --seconds 2 \
     --no-comm --out "$RES/distributed.md"
   part pipeline 300 "$PY" -m metassl train omniglot/protonet_5w1s train.steps=5 train.threads=1 eval.episodes=20 \
-    train.val_every=0 --run-dir "$LOG/run" --eval
+    train.val_every=0 train.report=false --run-dir "$LOG/run" --eval
 else
   part sampling 45 "$PY" benchmarks/bench_sampling.py --device cuda --seconds 2 --out "$RES/sampling.md"
   part eval 60 "$PY" benchmarks/bench_eval.py --device cuda --rounds 2 --sizes 50,10,1,0 --learners protonet,maml \
@@ -98,7 +98,7 @@ else
   else
     SUMMARY+=("| ddp | skipped: $NGPU GPU on this machine | 0 |")
   fi
-  part pipeline 120 "$PY" -m metassl train omniglot/protonet_5w1s train.steps=2000 train.val_every=0 \
+  part pipeline 120 "$PY" -m metassl train omniglot/protonet_5w1s train.steps=2000 train.val_every=0 train.report=false \
     --run-dir "$LOG/run" --eval
 fi
 
