@@ -129,7 +129,9 @@ def main(argv=None):
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"Conv peak (bare NHWC 3x3 conv 64->64, 14x14, batch 360, one thread): {peak / 1e9:.1f} GFLOP/s "
         f"(per round: {', '.join(f'{p / 1e9:.1f}' for p in peaks)}). A training step is {step_flops / 1e9:.1f} "
-        f"GFLOP of convolutions, an evaluation episode {episode_flops / 1e9:.2f} GFLOP.", "",
+        f"GFLOP of convolutions, an evaluation episode {episode_flops / 1e9:.2f} GFLOP. The peak is the best of its "
+        f"measurements (one before the rounds, one after each); with other jobs on the cores, the fractions below "
+        f"are lower bounds, the ratios between libraries the comparable figures.", "",
         "| library | training episodes/s | x metassl | of peak | evaluation episodes/s | x metassl | of peak |",
         "|---|---|---|---|---|---|---|"]
     for name in LIBS:
