@@ -79,7 +79,7 @@ def spectral_normalize(w: torch.Tensor, u: torch.Tensor, eps: float = 1e-12) -> 
 
 class GAN(SSLLearner):
     global_loss = False
-    views_required = 1
+    views_required = None  # every view is a real image (the presets use one, unaugmented)
     min_batch = 1
     generative = True
 

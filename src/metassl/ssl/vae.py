@@ -39,8 +39,9 @@ class VAEConfig(SSLConfig):
                                        "posterior means falls below this (0: off)")
     latent_dim: int = option(32, range=(1, 4096), help="size of the latent z")
     beta: float = option(1.0, range=(0.0, 1000.0), help="weight of the KL term (1: the ELBO; beta-VAE: > 1)")
-    likelihood: str = option("bernoulli", choices=("bernoulli", "gaussian"),
-                             help="p(x | z): Bernoulli per pixel (inputs in [0, 1]) or Gaussian with std sigma")
+    likelihood: str = option("gaussian", choices=("bernoulli", "gaussian"),
+                             help="p(x | z): Gaussian with std sigma (any inputs), or Bernoulli per pixel (inputs in "
+                                  "[0, 1], e.g. Omniglot's ink: the omniglot/vae preset)")
     sigma: float = option(1.0, range=(1e-4, 100.0), help="std of the Gaussian likelihood")
     decoder_width: int = option(64, range=(1, 4096), help="channels of the decoder's last hidden map (doubled per "
                                 "earlier upsampling)")
@@ -102,7 +103,7 @@ def vae_terms(out: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torc
 
 class VAE(SSLLearner):
     global_loss = False  # a mean over images: each process's share of it
-    views_required = 1
+    views_required = None  # every view is an image to model (the presets use one, unaugmented)
     min_batch = 1
     #: the learner generates images from latents (`generate`; `engine.generative`, `tasks.source: lasium`)
     generative = True
