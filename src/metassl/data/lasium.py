@@ -16,8 +16,9 @@ queries are equally far from it). All T * N * (K + Q) latents of a meta-batch go
 call on the device. The generator is in evaluation mode and not trained further (the paper also fixes it).
 
 Deviations: the paper rejects anchors whose generated images are too similar (a distance threshold), where we pick
-far-apart latents; the paper's OC/RO step sizes are tuned per data set, ours are options (defaults: the noise std
-and step of the authors' code for Omniglot are not checked against the paper).
+far-apart latents; the paper tunes the noise and step sizes per data set, ours are options whose defaults (noise std
+0.5, step 0.4) are our choice, not checked against the paper (an early version of the authors' code interpolates
+L2-normalized latents with steps 0.4-0.6 and adds noise of std up to 1.2).
 """
 
 from __future__ import annotations
