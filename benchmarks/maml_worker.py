@@ -157,7 +157,7 @@ def setup_metassl(shape, args, device, data):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss, _ = runner(tasks)
+        loss = runner(tasks).loss
         opt.step()
         return loss
 
