@@ -685,7 +685,7 @@ def _episode_args(p: argparse.ArgumentParser, shots_nargs: str | None) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--which", default="latest", choices=("latest", "best"), help="which checkpoint of each run")
     p.add_argument("--device", help="auto, cpu, cuda, ...")
-    p.add_argument("--batch-episodes", type=int, help="episodes evaluated together")
+    p.add_argument("--batch-episodes", type=int, help="episodes per model call (0: measured on the device)")
     p.add_argument("--unlabeled", type=int, metavar="M", help="semi-supervised episodes: M unlabeled images of each "
                    "class (and of each distractor class) with every episode, read by semi_protonet and by "
                    "--transductive methods as their extra pool (default: the run's eval.unlabeled, 0)")
