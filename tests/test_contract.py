@@ -72,7 +72,8 @@ def test_per_episode_embedding_equals_embedding_each_episode_alone():
 
 def test_engine_options_reach_the_learner_without_changing_it():
     m = model_for({"name": "maml", "path": "auto", "tasks_per_chunk": 2, "amp": "bf16"})
-    assert m.learner.options == EngineOptions(amp="bf16", tasks_per_chunk=2, path="auto", channels_last=False)
+    assert m.learner.options == EngineOptions(amp="bf16", tasks_per_chunk=2, path="auto", channels_last=False,
+                                              input_shape=(1, 8, 8))
     loop = m.learner.with_options(path="loop")
     assert loop.options.path == "loop" and m.learner.options.path == "auto" and loop is not m.learner
     assert loop.config is m.learner.config and loop.encoder is m.learner.encoder

@@ -300,7 +300,7 @@ def test_predict_json_is_valid_without_nan(tiny_run, image_folders, tmp_path, pi
 @pytest.mark.parametrize("flags,name", [
     (["--ways", "1"], "--ways"), (["--ways", "0"], "--ways"), (["--shots", "0"], "--shots"),
     (["--shots", "1", "0"], "--shots"), (["--queries", "0"], "--queries"), (["--episodes", "0"], "--episodes"),
-    (["--seed", "-1"], "--seed"), (["--batch-episodes", "0"], "--batch-episodes"),
+    (["--seed", "-1"], "--seed"), (["--batch-episodes", "-1"], "--batch-episodes"),
     (["--protocol", "knn", "--k", "0"], "--k"), (["--protocol", "knn", "--k", "-1"], "--k"),
     (["--protocol", "knn", "--temperature", "0"], "--temperature"),
     (["--protocol", "knn", "--temperature", "-1"], "--temperature"),

@@ -81,7 +81,9 @@ def test_resume_before_the_first_checkpoint_starts_again_from_step_0(tmp_path, c
     assert code == 0, err
     assert "holds no checkpoint yet" in out and "from step 0" in out and "metrics.jsonl is replaced" in out
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]  # replaced, not appended
-    assert cli(["train", PRESET, *TINY, "train.steps=6", "train.log_every=1", "--run-dir", straight], capsys)[0] == 0
+    # the learner's default distance, as cfg_of's run (the preset chooses the plain distance, learner.distance=l2)
+    assert cli(["train", PRESET, *TINY, "train.steps=6", "train.log_every=1", "learner.distance=euclidean",
+                "--run-dir", straight], capsys)[0] == 0
     a, b = load_checkpoint(find_checkpoint(run))[0], load_checkpoint(find_checkpoint(straight))[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert rows_without_time(run) == rows_without_time(straight)
