@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -140,3 +142,20 @@ def stack_hwc(arrays: list[np.ndarray], size: int | None) -> torch.Tensor:
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not p.name.startswith("."))
+
+
+def to_channels(images: torch.Tensor, channels: int, strict: bool = False) -> torch.Tensor:
+    """uint8 images [M, C, H, W] with `channels` channels, converted as prediction converts a file: RGB to gray with
+    Pillow's weights and rounding (ITU-R 601-2 luma), gray to RGB by repetition. Other inputs come back unchanged,
+    or (`strict`) a conversion other than 1 <-> 3 is a ConfigError."""
+    c = images.shape[1]
+    if c == channels or images.dtype != torch.uint8 or images.dim() != 4:
+        return images
+    if c == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        x = images.to(torch.int64)
+        return ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16).to(torch.uint8)[:, None]
+    if strict:
+        raise ConfigError(f"cannot convert {c}-channel images to {channels} channels (only 1 <-> 3)")
+    return images

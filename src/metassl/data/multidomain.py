@@ -21,7 +21,7 @@ import torch
 from ..config import ConfigError
 from ..registry import DATASETS
 from .episodic import ClassSplit, Preprocess
-from .images import resize_uint8
+from .images import resize_uint8, to_channels
 
 __all__ = ["Domains", "COMMON_PREPROCESS", "check_datasets", "common_shape", "to_common", "load_domains"]
 
@@ -87,18 +87,6 @@ def common_shape(names: list[str], image_size: int | None, channels: int | None)
     return int(channels), int(size)
 
 
-def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    c = images.shape[1]
-    if c == channels:
-        return images
-    if c == 1 and channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if c == 3 and channels == 1:
-        x = images.to(torch.int64)
-        return ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16).to(torch.uint8)[:, None]
-    raise ConfigError(f"cannot convert {c}-channel images to {channels} channels (only 1 <-> 3)")
-
-
 def to_common(split: ClassSplit, channels: int, size: int) -> tuple[ClassSplit, dict[str, Any]]:
     """`split` in the common shape and polarity of a multi-domain run, and the record of what was done."""
     x = split.images
@@ -110,7 +98,7 @@ def to_common(split: ClassSplit, channels: int, size: int) -> tuple[ClassSplit, 
     x = x.cpu()
     if split.preprocess.invert:
         x = 255 - x
-    x = _to_channels(x, channels)
+    x = to_channels(x, channels, strict=True)
     x = resize_uint8(x, size)
     return replace(split, images=x.to(split.device), preprocess=COMMON_PREPROCESS), record
 

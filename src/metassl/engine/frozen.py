@@ -14,26 +14,13 @@ from pathlib import Path
 import torch
 
 from ..data.episodic import ClassSplit
+from ..data.images import to_channels
 from ..data.registry import load_dataset
 from ..errors import ConfigError
 from ..eval.features import embed_images
 from .build import Model, load_model
 
 __all__ = ["embed_with_run", "load_run_split"]
-
-
-def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 images [M, C, H, W] with `channels` channels, converted as prediction converts a file: RGB to gray with
-    Pillow's weights and rounding (ITU-R 601-2 luma), gray to RGB by repetition."""
-    c = images.shape[1]
-    if c == channels or images.dtype != torch.uint8 or images.dim() != 4:
-        return images
-    if c == 1 and channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if c == 3 and channels == 1:
-        x = images.to(torch.int64)
-        return ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16).to(torch.uint8)[:, None]
-    return images
 
 
 def _match_inputs(model: Model, data: ClassSplit, ds: str, polarity: str, notes: list[str] | None) -> ClassSplit:
