@@ -132,7 +132,8 @@ def test_report_progress_and_shared_embedding(run, capsys):
     from metassl.engine.build import load_model
     from metassl.engine.frozen import load_run_split
     from metassl.eval.episodes import Protocol
-    from metassl.report import SharedFeatures, write_report
+    from metassl.engine.shared_features import SharedFeatures
+    from metassl.report import write_report
 
     run_dir, out, _ = run
     assert "trained 2 steps" in out and f"run folder runs/{run_dir.name}" in out
@@ -154,3 +155,11 @@ def test_report_progress_and_shared_embedding(run, capsys):
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in alone]
     sweep = [(run_dir / d / "report.html").read_text().split("Accuracy against shots")[1] for d in ("r1", "r2")]
     assert sweep[0].split("<h2>")[0] == sweep[1].split("<h2>")[0]
+    # `metassl eval` too: each test image embedded once, the same accuracies and per-episode values as images
+    from metassl.engine.evaluate import evaluate_run
+
+    _, st1, r1 = evaluate_run(run_dir, shots=[1, 2], episodes=30)
+    _, st2, r2 = evaluate_run(run_dir, shots=[1, 2], episodes=30, share_features=False)
+    assert st1["shared_features"] and not st2["shared_features"]
+    assert [r.per_episode_accuracy for r in r1] == [r.per_episode_accuracy for r in r2]
+    assert len(r1[0].per_episode_accuracy) == 30 and r1[0].accuracy != r1[1].accuracy

@@ -23,6 +23,7 @@ from .allocator import tune_allocator
 from .build import Model, load_model
 from .distributed import DistInfo, gather_objects, resolve_device, setup
 from .frozen import load_run_split
+from .shared_features import SharedFeatures
 
 __all__ = ["evaluate_run", "evaluate_frozen", "compare_runs", "FROZEN_PROTOCOLS", "RunComparison",
            "evaluate_metadataset_runs"]
@@ -39,7 +40,8 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
                  device: str | None = None, batch_episodes: int | None = None, progress: Progress | None = None,
                  overrides: list[str] | None = None, transductive: str | None = None,
                  transductive_options: dict | None = None, unlabeled: int | None = None,
-                 distractors: int | None = None, polarity: str = "auto") -> tuple[Model, dict, list[EvalResult]]:
+                 distractors: int | None = None, polarity: str = "auto", share_features: bool = True
+                 ) -> tuple[Model, dict, list[EvalResult]]:
     """Few-shot accuracy of a run or checkpoint on fixed episodes, one result per shot count. Every protocol value
     not given comes from the run's config (`data.dataset`, `data.test_split`, the `eval` section); `overrides`
     (`learner.KEY=VALUE`) change how the learner evaluates. `progress` (None or False: none) is called as
@@ -51,7 +53,9 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
     semi-supervised: M unlabeled images of each class and of D distractor classes come with every episode, used by
     learners that read them (semi_protonet) and by transductive methods as their extra pool. Images of other data
     than the run's are converted to its channels and polarity (`polarity="keep"`: as given; `load_run_split`); what
-    was done is listed in the state's "input_notes". Returns (model, checkpoint state, results)."""
+    was done is listed in the state's "input_notes". `share_features`: embed each test image once for all episodes
+    where that gives the same logits bit for bit (`SharedFeatures`; one process, no transductive method); the
+    state's "shared_features" says whether it was used. Returns (model, checkpoint state, results)."""
     method_cfg = None if transductive is None else method_config(transductive, transductive_options)  # fail early
     tune_allocator()
     dist = DistInfo.from_env()
@@ -84,15 +88,22 @@ def evaluate_run(run: str | Path, dataset: str | None = None, split: str | None 
         predict = transductive_predict(model.learner, model.params, model.buffers, transductive,
                                        transductive_options)
     results = []
-    for k in shot_list:
-        p = Protocol(_given(dataset, cfg.data.dataset), _given(split, cfg.data.test_split), _given(ways, cfg.eval.ways), k,
-                     _given(queries, cfg.eval.queries), _given(episodes, cfg.eval.episodes),
-                     cfg.eval.seed if seed is None else seed, _given(unlabeled, cfg.eval.unlabeled),
-                     _given(distractors, cfg.eval.distractors))
-        r = evaluate(predict, data, p, model.preprocess, _given(batch_episodes, cfg.eval.batch_episodes),
-                     progress=_counter(progress, p) if progress else None,
-                     part=dist.share(p.episodes) if dist.active else None,
-                     gather=(lambda x: gather_objects(dist, x)) if dist.active else None)
+    protocols = [Protocol(_given(dataset, cfg.data.dataset), _given(split, cfg.data.test_split),
+                          _given(ways, cfg.eval.ways), k, _given(queries, cfg.eval.queries),
+                          _given(episodes, cfg.eval.episodes), cfg.eval.seed if seed is None else seed,
+                          _given(unlabeled, cfg.eval.unlabeled), _given(distractors, cfg.eval.distractors))
+                 for k in shot_list]
+    batch = _given(batch_episodes, cfg.eval.batch_episodes)
+    shared = None
+    if share_features and transductive is None and not dist.active and protocols:
+        shared = SharedFeatures.build(model, data, protocols[0], batch)
+    state["shared_features"] = shared is not None
+    for p in protocols:
+        count = _counter(progress, p) if progress else None
+        r = shared.evaluate(p, batch, progress=count) if shared is not None else evaluate(
+            predict, data, p, model.preprocess, batch, progress=count,
+            part=dist.share(p.episodes) if dist.active else None,
+            gather=(lambda x: gather_objects(dist, x)) if dist.active else None)
         if transductive is not None:
             r.protocol.update(transductive=transductive, transductive_options=to_plain(method_cfg),
                               query_set_size=p.ways * p.queries, query_balance=f"balanced ({p.queries} per class)")
