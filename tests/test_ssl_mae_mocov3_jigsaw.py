@@ -473,3 +473,20 @@ def test_init_from_a_vit_run_into_protonet_then_predict(runs, source, tmp_path):
     clf.fit(xs[::3] + xs[1::3], ys[::3] + ys[1::3])
     p = clf.predict_proba(xs[2::3])
     assert p.shape == (3, 3) and np.allclose(p.sum(1), 1, atol=1e-4)
+
+
+def test_a_vit_run_is_a_cactus_embedding_and_has_a_report(runs, tmp_path, capsys):
+    from metassl.engine.trainer import train
+
+    # CACTUs clusters the MAE encoder's features (a ViT) into pseudo-classes; ProtoNet (an MLP) trains on them
+    cfg = resolve(apply_overrides({}, [*[o for o in DIGITS if not o.startswith("tasks.")], "learner.name=protonet",
+                                       "model.backbone=mlp", "model.hidden=[16,8]", "tasks.ways=3", "tasks.shots=1",
+                                       "tasks.queries=2", "train.steps=2", "tasks.source=cactus",
+                                       "tasks.clusters=12", "tasks.partitions=1",
+                                       f"tasks.embed_from={runs['mae']}"]))
+    r = train(cfg, tmp_path / "cactus", echo=lambda *a: None)
+    assert r.steps == 2
+    capsys.readouterr()
+    assert main(["report", str(runs["mae"]), "--episodes", "10"]) == 0
+    page = (runs["mae"] / "report" / "report.html").read_text()
+    assert "accuracy_vs_shots.png" in page and "tsne.png" in page
