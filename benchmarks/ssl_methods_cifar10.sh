@@ -23,7 +23,8 @@ for name in "$@"; do
     lr=$($PY -c "print($lr * $BATCH / $batch)")
     X="optim.warmup_steps=$(k "$warm" "$steps")"
     case $name in
-      dino|dino_vit) X="$X learner.teacher_temp_warmup_steps=$(k 2910 "$steps") learner.freeze_last_layer_steps=$(k 97 "$steps")";;
+      dino|dino_vit) read -r tw < <(keys cifar10/$name learner.teacher_temp_warmup_steps)
+        X="$X learner.teacher_temp_warmup_steps=$(k "$tw" "$steps") learner.freeze_last_layer_steps=$(k 97 "$steps")";;
       swav) X="$X learner.freeze_prototypes_steps=$(k 97 "$steps")";;
     esac
     case $name in *vit|mae) W="";; *) W="model.width=$WIDTH";; esac
