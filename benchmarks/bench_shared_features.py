@@ -33,7 +33,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     secs = {True: [], False: []}
-    acc = {}
+    ref = None  # the first evaluation's results; every later one must equal it
     for _ in range(a.rounds):
         for shared in (True, False):
             t = time.perf_counter()
@@ -42,7 +42,8 @@ def main():
             secs[shared].append(time.perf_counter() - t)
             assert state["shared_features"] == shared, "the learner's logits differ on stored features"
             got = [(r.accuracy, r.per_episode_accuracy) for r in res]
-            assert acc.setdefault("ref", got) == got, "shared features changed the results"
+            ref = ref or got
+            assert got == ref, "shared features changed the results"
     name = model.config.learner.name
     backbone = model.config.model.backbone
     med = {k: statistics.median(v) for k, v in secs.items()}
@@ -56,7 +57,7 @@ def main():
         "| setting | seconds | speed-up (same run) | accuracy (same episodes) |",
         "|---|---:|---:|---|",
     ]
-    accs = " / ".join(f"{r[0]:.2f}" for r in acc["ref"])
+    accs = " / ".join(f"{r[0]:.2f}" for r in ref)
     for shared, label in ((False, "every episode's images embedded"), (True, "each test image embedded once")):
         s = secs[shared]
         lines.append(f"| {label} | {med[shared]:.1f} [{max(s):.1f}-{min(s):.1f}] | "

@@ -14,36 +14,37 @@ from pathlib import Path
 
 import yaml
 
+from metassl.engine.logging import read_metrics
+
 
 def _load(path: Path):
-    if not path.is_file():
-        return None
-    d = json.loads(path.read_text())
-    return d
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _top1(d) -> str:
+    return f"{d['accuracy'] / 100:.3f}" if d else "not run"
 
 
 def row(root: Path, m: str) -> str:
     cfg = yaml.safe_load((root / m / "config.yaml").read_text())
-    model, tasks, train = cfg["model"], cfg["tasks"], cfg["train"]
+    model, tasks = cfg["model"], cfg["tasks"]
     if model["backbone"] == "vit":
         net = f"ViT-{model.get('size', 'tiny')}, patch {model['patch_size']}"
     else:
         net = f"ResNet-18, width {model.get('width', 64)}"
     crops = f", {tasks['local_crops']} local crops" if tasks.get("local_crops") else ""
-    rows = [json.loads(line) for line in (root / m / "metrics.jsonl").read_text().splitlines()]
-    tr = [r for r in rows if r.get("kind") == "train"]
+    tr = [r for r in read_metrics(root / m) if r.get("kind") == "train"]
     # a 0-step run (the random-init baseline) logs no train row
     steps, minutes = (tr[-1]["step"], tr[-1]["elapsed_s"] / 60) if tr else (0, 0.0)
     seen = steps * tasks["batch_size"]
     knn, lin, few = (_load(root / f"{m}.{p}.json") for p in ("knn", "linear", "fewshot"))
-    fmt = (lambda d: f"{d['accuracy'] / 100:.3f}" if d else "not run")
     if few:
         few = few if isinstance(few, list) else [few]
         fs = " | ".join(f"{d['accuracy']:.2f} ± {d['ci95']:.2f}" for d in few)
     else:
         fs = "not run | not run"
     return (f"| {m} | {net}{crops} | {steps} x {tasks['batch_size']} ({seen / 50000:.2f} epochs) | {minutes:.1f} | "
-            f"{fmt(knn)} | {fmt(lin)} | {fs} |")
+            f"{_top1(knn)} | {_top1(lin)} | {fs} |")
 
 
 def main(root: Path, methods: list[str]) -> None:

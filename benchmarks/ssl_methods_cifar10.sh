@@ -23,10 +23,12 @@ for name in "$@"; do
     lr=$($PY -c "print($lr * $BATCH / $batch)")
     X="optim.warmup_steps=$(k "$warm" "$steps")"
     case $name in
-      dino|dino_vit) read -r tw < <(keys cifar10/$name learner.teacher_temp_warmup_steps)
-        X="$X learner.teacher_temp_warmup_steps=$(k "$tw" "$steps") learner.freeze_last_layer_steps=$(k 97 "$steps")";;
-      swav) X="$X learner.freeze_prototypes_steps=$(k 97 "$steps")";;
+      dino|dino_vit) phases="learner.teacher_temp_warmup_steps learner.freeze_last_layer_steps";;
+      swav) phases="learner.freeze_prototypes_steps";;
+      *) phases="";;
     esac
+    # the preset's own step-counted phases, each scaled by STEPS / the preset's steps
+    for key in $phases; do X="$X $key=$(k "$(keys cifar10/$name "$key")" "$steps")"; done
     case $name in *vit|mae) W="";; *) W="model.width=$WIDTH";; esac
     # shellcheck disable=SC2086
     $M train cifar10/$name train.steps=$STEPS tasks.batch_size=$BATCH optim.lr=$lr $W $X train.device=cpu \
